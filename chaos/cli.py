@@ -1,0 +1,61 @@
+"""The ``fastport-lab`` command: a thin dispatcher to each part's own ``main(argv)``.
+
+Each subcommand lives beside the code it drives and parses its own arguments,
+so this module only maps names to entry points and imports them lazily (a
+``fastport-lab toxiproxy`` start-up should not pay for importing the broker).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("chaos.demo:main", "start the reference broker on embedded PostgreSQL and show a round trip"),
+    "broker": ("broker.cli:main", "run the reference FastPort broker"),
+    "toxiproxy": ("chaos.toxiproxy.cli:main", "run the embedded Toxiproxy-compatible fault proxy"),
+}
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "broker": ("chaos.bench.broker:main", "broker throughput and latency beside a bare websockets relay"),
+    "proxy": ("chaos.bench.proxy:main", "fault-proxy overhead beside a direct connection"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: fastport-lab COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<14}{help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  bench {name:<8}{help_}" for name, (_, help_) in BENCHMARKS.items()]
+    lines += ["", "Run 'fastport-lab COMMAND --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def _call(target: str, argv: list[str]) -> int:
+    module, func = target.split(":")
+    result = getattr(importlib.import_module(module), func)(argv)
+    return int(result or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = args[0], args[1:]
+    try:
+        if name == "bench":
+            if not rest or rest[0] not in BENCHMARKS:
+                print(f"fastport-lab bench: choose one of {', '.join(BENCHMARKS)}", file=sys.stderr)
+                return 2
+            return _call(BENCHMARKS[rest[0]][0], rest[1:])
+        if name not in COMMANDS:
+            print(f"fastport-lab: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+            return 2
+        return _call(COMMANDS[name][0], rest)
+    except KeyboardInterrupt:
+        print("fastport-lab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
