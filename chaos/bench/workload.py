@@ -6,6 +6,12 @@ ack every delivery (that is part of the protocol's cost); the relay has no
 acks. Latency is measured publish-to-deliver inside this one process with
 ``time.perf_counter`` stamped into the payload, so no cross-process clock is
 involved.
+
+Subscribers run on websockets' sans-I/O ``ClientProtocol`` under a plain
+``asyncio.Protocol``: one callback per TCP read instead of a task switch per
+frame, and their acks leave in one write per read. On two cores the client
+process shares the machine with the server, and a heavier client would make
+the benchmark measure itself rather than the server.
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
 
 TOPIC = "bench"
 
@@ -53,6 +62,86 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank]
 
 
+class _LeanClient(asyncio.Protocol):
+    """A subscriber or the publisher: sans-I/O websockets under an asyncio protocol."""
+
+    def __init__(self, url: str, workload: Workload, publisher: bool = False) -> None:
+        self.ws = ClientProtocol(parse_uri(url))
+        self.workload = workload
+        self.publisher = publisher
+        self.ack = workload.flavour == "broker"
+        self.transport: asyncio.Transport | None = None
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.replies: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.ws.send_request(self.ws.connect())
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.transport is not None and (out := self.ws.data_to_send()):
+            self.transport.write(b"".join(out))
+
+    def send(self, frame: dict[str, object]) -> None:
+        self.ws.send_text(json.dumps(frame).encode())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        for event in self.ws.events_received():
+            if isinstance(event, Response):
+                if event.status_code == 101 and not self.opened.done():
+                    self.opened.set_result(None)
+                elif not self.opened.done():
+                    self.opened.set_exception(RuntimeError(f"handshake refused: HTTP {event.status_code}"))
+            elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                self._on_text(event.data)
+        self._flush()
+
+    def _on_text(self, data: bytes) -> None:
+        msg = json.loads(data)
+        if self.publisher:
+            self.workload.count_reply(msg)
+            return
+        if msg.get("type") != "message":
+            self.replies.put_nowait(msg)
+            return
+        now = time.perf_counter()
+        tally, payload = self.workload.tally, msg["payload"]
+        tally.deliveries += 1
+        if tally.record_latency:
+            tally.latencies.append(now - payload["t"])
+        seq = payload["seq"]
+        seen = tally.per_message.get(seq, 0) + 1
+        if seen >= self.workload.n:
+            tally.per_message.pop(seq, None)
+            tally.complete += 1
+            tally.progress.set()
+        else:
+            tally.per_message[seq] = seen
+        if self.ack:
+            self.ws.send_text(b'{"type":"ack","id":%s}' % json.dumps(msg["id"]).encode())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc or ConnectionError("connection closed during the handshake"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    async def close(self) -> None:
+        if self.transport is None or self.closed.done():
+            return
+        self.ws.send_close()
+        self._flush()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), 2)
+        except TimeoutError:
+            self.transport.abort()
+
+
 class Workload:
     """Connects the clients to one server (``relay`` or ``broker`` flavour) and drives phases."""
 
@@ -62,9 +151,8 @@ class Workload:
         self.n = subscribers
         self.tally = Tally()
         self.pub = PublisherState()
-        self._subs: list[ClientConnection] = []
-        self._publisher: ClientConnection | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._clients: list[_LeanClient] = []
+        self._publisher: _LeanClient | None = None
         self._seq = itertools.count()
 
     # --- connections -------------------------------------------------------
@@ -77,76 +165,47 @@ class Workload:
     async def __aenter__(self) -> Workload:
         try:
             for i in range(self.n):
-                ws = await connect(self._sub_url(i), compression=None, max_queue=None,
-                                   open_timeout=10, ping_interval=None)
-                self._subs.append(ws)
+                sub = await self._open(self._sub_url(i))
                 if self.flavour == "broker":
-                    await ws.send(json.dumps({"type": "subscribe", "topic": TOPIC}))
-                    reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                    sub.send({"type": "subscribe", "topic": TOPIC})
+                    reply = await asyncio.wait_for(sub.replies.get(), 10)
                     if reply.get("type") != "subscribed":
                         raise RuntimeError(f"subscribe refused: {reply}")
-                self._tasks.append(asyncio.create_task(self._receive(ws)))
             role = "role=pub" if self.flavour == "relay" else "client_id=bench-pub"
             pub_url = f"{self.url}/?{role}"
-            self._publisher = await connect(pub_url, compression=None, max_queue=None, open_timeout=10,
-                                            ping_interval=None)
-            if self.flavour == "broker":
-                self._tasks.append(asyncio.create_task(self._publisher_replies(self._publisher)))
+            self._publisher = await self._open(pub_url, publisher=True)
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
         return self
 
+    async def _open(self, url: str, publisher: bool = False) -> _LeanClient:
+        uri = parse_uri(url)
+        _, client = await asyncio.wait_for(asyncio.get_running_loop().create_connection(
+            lambda: _LeanClient(url, self, publisher), uri.host, uri.port), 10)
+        self._clients.append(client)
+        await asyncio.wait_for(client.opened, 10)
+        return client
+
     async def __aexit__(self, *exc: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
-        for ws in [*self._subs, *([self._publisher] if self._publisher else [])]:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 5)
+        for client in self._clients:
+            await client.close()
 
-    # --- receiving ---------------------------------------------------------
-
-    async def _receive(self, ws: ClientConnection) -> None:
-        tally, n, ack = self.tally, self.n, self.flavour == "broker"
-        async for frame in ws:
-            msg = json.loads(frame)
-            if msg.get("type") != "message":
-                continue
-            now = time.perf_counter()
-            payload = msg["payload"]
-            tally.deliveries += 1
-            if tally.record_latency:
-                tally.latencies.append(now - payload["t"])
-            seq = payload["seq"]
-            seen = tally.per_message.get(seq, 0) + 1
-            if seen >= n:
-                tally.per_message.pop(seq, None)
-                tally.complete += 1
-                tally.progress.set()
-            else:
-                tally.per_message[seq] = seen
-            if ack:
-                await ws.send(json.dumps({"type": "ack", "id": msg["id"]}))
-
-    async def _publisher_replies(self, ws: ClientConnection) -> None:
-        async for frame in ws:
-            msg = json.loads(frame)
-            kind = msg.get("type")
-            if kind == "published":
-                self.pub.published += 1
-            elif kind == "persisted":
-                self.pub.persisted += 1
-            elif kind == "persist_failed":
-                self.pub.persist_failed += 1
-            elif kind == "error" and len(self.pub.errors) < 20:
-                self.pub.errors.append(msg.get("code", "?"))
+    def count_reply(self, msg: dict[str, object]) -> None:
+        """The publisher's replies: published, then persisted or persist_failed."""
+        kind = msg.get("type")
+        if kind == "published":
+            self.pub.published += 1
+        elif kind == "persisted":
+            self.pub.persisted += 1
+        elif kind == "persist_failed":
+            self.pub.persist_failed += 1
+        elif kind == "error" and len(self.pub.errors) < 20:
+            self.pub.errors.append(str(msg.get("code", "?")))
 
     # --- publishing --------------------------------------------------------
 
-    async def _publish_one(self) -> None:
+    def _publish_one(self) -> None:
         assert self._publisher is not None
         seq = next(self._seq)
         payload = {"t": time.perf_counter(), "seq": seq, "pad": "x" * 64}
@@ -155,7 +214,7 @@ class Workload:
                      "attempt": 1, "published_at": time.time()}
         else:
             frame = {"type": "publish", "topic": TOPIC, "id": f"m{seq}", "payload": payload}
-        await self._publisher.send(json.dumps(frame))
+        self._publisher.send(frame)
         self.pub.sent += 1
 
     async def saturate(self, seconds: float, window: int, warmup: float = 0.5) -> float:
@@ -168,7 +227,7 @@ class Workload:
             if counted_from is None and now >= start:
                 counted_from = tally.deliveries
             if self.pub.sent - tally.complete < window:
-                await self._publish_one()
+                self._publish_one()
                 continue
             tally.progress.clear()
             try:
@@ -191,7 +250,7 @@ class Workload:
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)  # pacing the load, not synchronisation
-            await self._publish_one()
+            self._publish_one()
         await self.drain()
         tally.record_latency = False
         return tally.latencies
