@@ -1,0 +1,139 @@
+"""Publish-to-deliver latency per phase (no-fault baseline vs each fault window).
+
+Shared by the availability and isolation checkers: both ask "did real-time
+delivery to the subscribers that should be unaffected stay as fast and as
+complete during the fault as without it?". A sample is one (message, recipient)
+pair where the recipient was required (see facts.py) and connected when the
+message was published; its latency is publish invoke to first delivery, inf
+when it never arrived. A message belongs to the phase in which it was
+published; the baseline is every message published outside *all* fault windows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from chaos.checkers.facts import Facts, Message, in_any, window_evidence
+from chaos.checkers.verdict import Verdict, failed, latency_summary, listed, ms, passed, percentile, unknown
+from chaos.history import FaultWindow
+
+Sample = tuple[Message, str, float]  # (message, recipient, latency seconds or inf)
+
+
+def collect(
+    facts: Facts, windows: list[FaultWindow], include: Callable[[str], bool]
+) -> tuple[list[Sample], dict[int, list[Sample]]]:
+    """(baseline samples, samples per index into *windows*) for recipients passing *include*."""
+    all_windows = facts.history.fault_windows()
+    baseline: list[Sample] = []
+    per_window: dict[int, list[Sample]] = {i: [] for i in range(len(windows))}
+    for m in sorted(facts.messages.values(), key=lambda m: m.invoke_time):
+        required, _ = facts.recipients(m)
+        targets = [c for c in required if include(c) and facts.online(c, m.invoke_time)]
+        if not targets:
+            continue
+        samples = [(m, c, facts.latency(m, c)) for c in targets]
+        hit = None
+        for i, w in enumerate(windows):
+            if w.contains(m.invoke_time, facts.end):
+                hit = i
+                break
+        if hit is not None:
+            per_window[hit].extend(samples)
+        elif in_any(m.invoke_time, all_windows, facts.end) is None:
+            baseline.extend(samples)
+    return baseline, per_window
+
+
+def compare_latency(
+    name: str,
+    facts: Facts,
+    windows: list[FaultWindow],
+    include: Callable[[str], bool],
+    *,
+    factor: float,
+    slack: float,
+    min_samples: int,
+    what: str,
+    require_effective: bool,
+    extra: dict[str, Any] | None = None,
+) -> Verdict:
+    """Judge each window's p99 against ``factor * baseline p99 + slack`` and its completeness."""
+    if not (math.isfinite(factor) and factor > 0) or not (math.isfinite(slack) and slack >= 0):
+        raise ValueError(f"{name}: factor must be > 0 and slack >= 0 (seconds), got {factor} and {slack}")
+    if not isinstance(min_samples, int) or min_samples < 1:
+        raise ValueError(f"{name}: min_samples must be an integer >= 1, got {min_samples!r}")
+    h = facts.history
+    ev: dict[str, Any] = {"bound_rule": f"p99 <= {factor} x baseline p99 + {ms(slack)} ms", **(extra or {})}
+    if not windows:
+        return unknown(
+            name,
+            f"no {what} fault window in the history, so {name} was not exercised; "
+            f"the nemesis must record fault-start/fault-stop events.",
+            **ev,
+        )
+    baseline, per_window = collect(facts, windows, include)
+    ev["baseline"] = latency_summary([s[2] for s in baseline])
+    ev["windows"] = []
+    fails: list[str] = []
+    unknowns: list[str] = []
+    base_finite = [s[2] for s in baseline if math.isfinite(s[2])]
+    bound = None
+    if len(base_finite) >= min_samples:
+        bound = factor * percentile(base_finite, 99) + slack
+        ev["bound_ms"] = ms(bound)
+    else:
+        unknowns.append(f"only {len(base_finite)} baseline (no-fault) deliveries, need {min_samples}")
+    for i, w in enumerate(windows):
+        samples = per_window[i]
+        wev = window_evidence(w, h) | {"latency": latency_summary([s[2] for s in samples])}
+        ev["windows"].append(wev)
+        label = f"{w.name} at t={h.rel(w.start)}s"
+        if w.effective is False:
+            unknowns.append(f"{label} did not take effect (the nemesis says so)")
+            continue
+        if w.effective is None and require_effective:
+            unknowns.append(f"{label} was not confirmed to take effect (no 'effective' in its evidence)")
+            continue
+        missing = [s for s in samples if not math.isfinite(s[2])]
+        if missing:
+            wev["undelivered"] = listed(
+                {"id": m.id, "recipient": c, "published_s": h.rel(m.invoke_time)} for m, c, _ in missing
+            )
+            fails.append(
+                f"{len(missing)} of {len(samples)} deliveries to online subscribers published during "
+                f"{label} never arrived (first: {missing[0][0].id} -> {missing[0][1]})"
+            )
+        if len(samples) < min_samples:
+            if not missing:
+                unknowns.append(
+                    f"only {len(samples)} deliveries published during {label}, need {min_samples}"
+                )
+            continue
+        if bound is None:
+            continue
+        p99 = percentile([s[2] for s in samples], 99)
+        if p99 > bound:
+            slow = sorted(samples, key=lambda s: -s[2])
+            wev["slowest"] = listed(
+                {"id": m.id, "recipient": c, "published_s": h.rel(m.invoke_time), "latency_ms": ms(lat)}
+                for m, c, lat in slow
+            )
+            if math.isfinite(p99):
+                fails.append(
+                    f"p99 publish-to-deliver latency during {label} was {ms(p99)} ms, over the bound "
+                    f"{ms(bound)} ms (baseline p99 {ev['baseline']['p99_ms']} ms)"
+                )
+    if fails:
+        return failed(name, f"{what} invariant violated: " + "; ".join(fails) + ".", **ev)
+    if unknowns:
+        return unknown(name, f"cannot judge {name}: " + "; ".join(unknowns) + ".", **ev)
+    worst = max(w["latency"]["p99_ms"] or 0 for w in ev["windows"])
+    return passed(
+        name,
+        f"delivery kept flowing during {len(windows)} {what} fault window(s): worst p99 "
+        f"{worst} ms within the bound {ev['bound_ms']} ms.",
+        **ev,
+    )
