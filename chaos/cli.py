@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("chaos.demo:main", "start the reference broker on embedded PostgreSQL and show a round trip"),
     "broker": ("broker.cli:main", "run the reference FastPort broker"),
     "toxiproxy": ("chaos.toxiproxy.cli:main", "run the embedded Toxiproxy-compatible fault proxy"),
+    "gate": ("chaos.gate:main", "run the chaos suites and gate on their verdicts (exit 0/1/2/3)"),
 }
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "broker": ("chaos.bench.broker:main", "broker throughput and latency beside a bare websockets relay"),

@@ -1,0 +1,169 @@
+"""``fastport-lab gate``: run the chaos suites (or read a finished run) and turn verdicts into an exit code.
+
+Exit codes, for CI:
+
+* ``0`` every applicable invariant held and no threshold of gate.toml was crossed;
+* ``1`` an invariant was violated, a threshold was crossed, or a flaw went uncaught;
+* ``2`` some verdict is unknown (the run could not show it either way); with
+  ``--unknown warn`` (or ``[gate] unknown = "warn"``) this is reported and exits 0;
+* ``3`` environment or usage error: the suites could not run, the config or the
+  run folder is unreadable.
+
+Every run writes ``reports/runs/<run-id>/`` (results.json, junit.xml, index.html,
+histories) whatever its outcome. ``--from RUN_DIR`` re-judges a finished run
+against the current thresholds and re-renders it, without running anything.
+
+The suites are run by a :data:`reports.suites.SuiteRunner`: pytest on
+``scenarios/`` by default, ``--runner module:function`` or ``main(argv, runner=...)``
+for another (e.g. the lab's own ``fastport-lab run``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from reports.judge import EXIT_ENV, GateConfig, GateConfigError, load_config
+from reports.record import DEFAULT_ROOT, ROOT_DIR, RunFormatError, RunRecorder, RunReport
+from reports.suites import DEFAULT_SUITES, DEFAULT_TIMEOUT, EnvironmentProblem, SuiteRequest, SuiteRunner
+
+DEFAULT_CONFIG = ROOT_DIR / "gate.toml"
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would exit 2, which means "unknown" here
+        raise UsageError(message)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="fastport-lab gate",
+        description="Run the chaos suites and gate on their verdicts "
+        "(exit 0 pass, 1 violated, 2 unknown, 3 environment error).",
+    )
+    p.add_argument("--from", dest="from_dir", metavar="RUN_DIR", help="re-judge a finished run folder")
+    p.add_argument("--config", metavar="TOML", help=f"thresholds (default: {DEFAULT_CONFIG.name} if present)")
+    p.add_argument("--unknown", choices=("fail", "warn"), help="override [gate] unknown")
+    p.add_argument(
+        "--runs-dir", metavar="DIR", default=None, help=f"where run folders go (default {DEFAULT_ROOT})"
+    )
+    p.add_argument("--run-id", default=None, help="name of the run folder (default: UTC time + random)")
+    p.add_argument("--broker-cmd", default=None, help="launch command of the broker under test")
+    p.add_argument("--store", choices=("memory", "postgres"), default=None, help="broker store")
+    p.add_argument(
+        "--suite", action="append", metavar="PATH", help="pytest path(s) to run (default scenarios)"
+    )
+    p.add_argument(
+        "-k", dest="select", metavar="EXPR", help="only scenarios matching this pytest -k expression"
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed for generated schedules (FASTPORT_LAB_SEED)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="give up on the suites after S s")
+    p.add_argument("--runner", metavar="MODULE:FUNC", help="suite runner to call instead of pytest")
+    p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    return p
+
+
+def resolve_runner(spec: str) -> SuiteRunner:
+    module, sep, func = spec.partition(":")
+    if not sep or not module or not func:
+        raise UsageError(f"--runner must be MODULE:FUNCTION, got {spec!r}")
+    try:
+        target = getattr(importlib.import_module(module), func)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"--runner {spec}: cannot import: {exc}") from None
+    if not callable(target):
+        raise UsageError(f"--runner {spec} is not callable")
+    return target
+
+
+def _config(args: argparse.Namespace) -> GateConfig:
+    if args.config:
+        config = load_config(args.config)
+    else:
+        config = load_config(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else GateConfig()
+    return replace(config, unknown=args.unknown) if args.unknown else config
+
+
+def print_report(report: RunReport, out=None) -> None:
+    out = out or sys.stdout
+    gate = report.results.get("gate", {})
+    print(f"\nfastport-lab gate: {gate.get('status', '?').upper()} (exit {report.exit_code})", file=out)
+    print(f"  {gate.get('summary', '')}", file=out)
+    for s in gate.get("scenarios", []):
+        print(f"  [{s['status'].upper():7}] {s['name']}", file=out)
+        for why in s.get("reasons", [])[:6]:
+            print(f"            {why}", file=out)
+    for w in gate.get("warnings", []):
+        print(f"  warning: {w}", file=out)
+    print(f"  report: {report.html}", file=out)
+    print(f"  junit:  {report.run_dir / 'junit.xml'}", file=out)
+
+
+def main(argv: Sequence[str] | None = None, *, runner: SuiteRunner | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser().parse_args(argv)
+        config = _config(args)
+        if args.from_dir:
+            from reports.build import rebuild
+
+            report = rebuild(args.from_dir, config)
+            print_report(report)
+            return report.exit_code
+        if args.runner:
+            runner = resolve_runner(args.runner)
+        if runner is None:
+            from reports.suites import pytest_runner as runner
+        from chaos.environment import LabConfig, LabConfigError
+
+        try:
+            lab = LabConfig.resolve(args.broker_cmd, args.store)
+        except LabConfigError as exc:
+            raise UsageError(str(exc)) from None
+        recorder = RunRecorder(
+            Path(args.runs_dir) if args.runs_dir else DEFAULT_ROOT,
+            run_id=args.run_id,
+            command=["fastport-lab", "gate", *argv],
+            seed=args.seed,
+            broker_cmd=lab.broker_cmd,
+            store=lab.store,
+        )
+    except (UsageError, GateConfigError, RunFormatError, ValueError, OSError) as exc:
+        print(f"fastport-lab gate: {exc}", file=sys.stderr)
+        return EXIT_ENV
+    request = SuiteRequest(
+        recorder,
+        broker_cmd=args.broker_cmd,
+        store=args.store,
+        suites=args.suite or list(DEFAULT_SUITES),
+        select=args.select,
+        pytest_args=args.pytest_args,
+        seed=args.seed,
+        timeout=args.timeout,
+    )
+    problem = None
+    try:
+        runner(request)
+    except EnvironmentProblem as exc:
+        problem = str(exc)
+    except KeyboardInterrupt:
+        problem = "interrupted (Ctrl-C) before the suites finished"
+    except Exception as exc:  # a runner that crashed could not run the suites: not an invariant verdict
+        problem = f"the suite runner crashed: {type(exc).__name__}: {exc}"
+    report = recorder.finish(config, environment_error=problem)
+    if problem:
+        print(f"fastport-lab gate: environment error: {problem}", file=sys.stderr)
+    print_report(report)
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

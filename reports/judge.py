@@ -1,0 +1,317 @@
+"""The gate's judgement of a recorded run: verdicts plus thresholds, pure and re-runnable.
+
+A run's ``results.json`` holds each scenario's verdicts (with evidence) and its
+phase metrics. :func:`judge` turns that into one outcome with an exit code:
+
+* ``0`` pass: every applicable verdict passed and no threshold was crossed;
+* ``1`` fail: an invariant was violated, a threshold of ``gate.toml`` was crossed,
+  or a flaw-matrix scenario's flaw was *not* caught;
+* ``2`` unknown: nothing failed but some verdict could not be shown either way
+  (``[gate] unknown = "warn"`` turns this into 0 with a warning);
+* ``3`` environment error: the suites could not run (decided by the caller).
+
+The thresholds re-judge evidence the checkers already recorded (latency p99 per
+fault window, duplicate ratio, start-up exit time) and the report's phase metrics
+(recovery and hydration times), so a team can tighten budgets without touching
+the checkers, and re-judge an old run (``fastport-lab gate --from RUN_DIR``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+EXIT_PASS, EXIT_FAIL, EXIT_UNKNOWN, EXIT_ENV = 0, 1, 2, 3
+NOT_APPLICABLE = "not-applicable"  # evidence key set by chaos.scenario.not_applicable()
+LATENCY_CHECKERS = ("availability-under-storage-faults", "isolation")
+DUPLICATES = "duplicates-and-order"
+STARTUP = "start-up-port-taken"
+
+
+class GateConfigError(ValueError):
+    """gate.toml is unreadable or holds a bad value; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Budgets the gate holds a run to; ``None`` disables one. Units are in the names."""
+
+    fault_p99_ms: float | None = 2000.0
+    baseline_p99_ms: float | None = 1000.0
+    max_duplicate_ratio: float | None = 0.5
+    max_recovery_s: float | None = 15.0
+    max_hydration_s: float | None = 20.0
+    max_startup_exit_s: float | None = 5.0
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    unknown: str = "fail"  # "fail": exit 2 on an unknown verdict; "warn": report it and exit 0
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    source: str = "<defaults>"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"unknown": self.unknown, "thresholds": asdict(self.thresholds), "source": self.source}
+
+
+def load_config(path: str | Path | None) -> GateConfig:
+    """Read a gate.toml; ``None`` gives the documented defaults. Unknown keys are errors (typos bite)."""
+    if path is None:
+        return GateConfig()
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GateConfigError(f"{p}: gate config not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GateConfigError(f"{p}: cannot read the gate config: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise GateConfigError(f"{p}: not valid TOML: {exc}") from None
+    return config_from(data, str(p))
+
+
+def config_from(data: Mapping[str, Any], source: str = "<dict>") -> GateConfig:
+    extra = set(data) - {"gate", "thresholds"}
+    if extra:
+        raise GateConfigError(
+            f"{source}: unknown section(s) {sorted(extra)}; expected [gate] and [thresholds]"
+        )
+    gate = data.get("gate", {})
+    if not isinstance(gate, Mapping) or set(gate) - {"unknown"}:
+        raise GateConfigError(f'{source}: [gate] takes only \'unknown\' ("fail" or "warn"), got {dict(gate)}')
+    unknown = gate.get("unknown", "fail")
+    if unknown not in ("fail", "warn"):
+        raise GateConfigError(f'{source}: [gate] unknown must be "fail" or "warn", got {unknown!r}')
+    raw = data.get("thresholds", {})
+    if not isinstance(raw, Mapping):
+        raise GateConfigError(f"{source}: [thresholds] must be a table")
+    known = Thresholds.__dataclass_fields__
+    bad = set(raw) - set(known)
+    if bad:
+        raise GateConfigError(f"{source}: unknown threshold(s) {sorted(bad)}; known: {sorted(known)}")
+    values: dict[str, float | None] = {}
+    for key, v in raw.items():
+        if v is False:
+            values[key] = None  # `key = false` switches a threshold off
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise GateConfigError(f"{source}: threshold {key} must be a number >= 0 or false, got {v!r}")
+        else:
+            values[key] = float(v)
+    return GateConfig(unknown=unknown, thresholds=Thresholds(**values), source=source)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A threshold a scenario crossed, with the value, the limit and where the value came from."""
+
+    scenario: str
+    threshold: str
+    value: float
+    limit: float
+    source: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ScenarioOutcome:
+    name: str
+    status: str  # pass | fail | unknown
+    reasons: list[str]
+    findings: list[Finding]
+
+
+@dataclass
+class GateOutcome:
+    status: str  # pass | fail | unknown | error
+    exit_code: int
+    summary: str
+    scenarios: list[ScenarioOutcome]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [f for s in self.scenarios for f in s.findings]
+
+    def to_dict(self, config: GateConfig) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "summary": self.summary,
+            "warnings": self.warnings,
+            "config": config.to_dict(),
+            "scenarios": [{"name": s.name, "status": s.status, "reasons": s.reasons} for s in self.scenarios],
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+def is_not_applicable(verdict: Mapping[str, Any]) -> bool:
+    ev = verdict.get("evidence")
+    return verdict.get("status") == "unknown" and isinstance(ev, Mapping) and bool(ev.get(NOT_APPLICABLE))
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def findings_for(scenario: Mapping[str, Any], th: Thresholds) -> Iterator[Finding]:
+    """Every threshold this scenario's evidence and metrics cross."""
+    name = scenario.get("name", "?")
+    verdicts = {v.get("name"): v for v in scenario.get("verdicts", [])}
+    metrics = scenario.get("metrics") or {}
+
+    def crossed(key: str, value: float | None, limit: float | None, source: str, what: str) -> Finding | None:
+        if value is None or limit is None or value <= limit:
+            return None
+        return Finding(name, key, value, limit, source, f"{what} {value:g} over {key} = {limit:g}")
+
+    for checker in LATENCY_CHECKERS:
+        v = verdicts.get(checker)
+        if not v or is_not_applicable(v):
+            continue
+        for w in (v.get("evidence") or {}).get("windows", []):
+            if w.get("effective") is False:
+                continue
+            f = crossed(
+                "fault_p99_ms",
+                _num((w.get("latency") or {}).get("p99_ms")),
+                th.fault_p99_ms,
+                f"{checker}.evidence.windows[{w.get('name')}].latency.p99_ms",
+                f"p99 publish-to-deliver latency during {w.get('name')} at t={w.get('start_s')}s was",
+            )
+            if f:
+                yield f
+    base = _num((metrics.get("baseline") or {}).get("p99_ms"))
+    f = crossed(
+        "baseline_p99_ms",
+        base,
+        th.baseline_p99_ms,
+        "metrics.baseline.p99_ms",
+        "p99 latency without faults was",
+    )
+    if f:
+        yield f
+    dup = verdicts.get(DUPLICATES)
+    ratio = _num((dup or {}).get("evidence", {}).get("duplicate_ratio")) if dup else None
+    # judged only where the scenario judged duplicates: after a crash, redeliveries are expected
+    src = f"{DUPLICATES}.evidence.duplicate_ratio"
+    f = crossed("max_duplicate_ratio", ratio, th.max_duplicate_ratio, src, "duplicate delivery ratio was")
+    if f:
+        yield f
+    for w in metrics.get("windows", []):
+        if w.get("effective") is False:
+            continue
+        label = f"{w.get('name')} at t={w.get('start_s')}s"
+        f = crossed(
+            "max_recovery_s",
+            _num(w.get("recovery_s")),
+            th.max_recovery_s,
+            f"metrics.windows[{w.get('name')}].recovery_s",
+            f"recovery after {label} took",
+        )
+        if f:
+            yield f
+        f = crossed(
+            "max_hydration_s",
+            _num(w.get("hydration_s")),
+            th.max_hydration_s,
+            f"metrics.windows[{w.get('name')}].hydration_s",
+            f"redelivering what was owed after {label} took",
+        )
+        if f:
+            yield f
+    st = verdicts.get(STARTUP)
+    for a in ((st or {}).get("evidence") or {}).get("attempts", []):
+        f = crossed(
+            "max_startup_exit_s",
+            _num(a.get("elapsed")),
+            th.max_startup_exit_s,
+            f"{STARTUP}.evidence.attempts[t={a.get('started_s')}].elapsed",
+            f"with port {a.get('port')} taken the broker took",
+        )
+        if f:
+            yield f
+
+
+def judge_scenario(scenario: Mapping[str, Any], config: GateConfig) -> ScenarioOutcome:
+    name = scenario.get("name", "?")
+    verdicts = scenario.get("verdicts", [])
+    error = scenario.get("error")
+    flaw = (scenario.get("meta") or {}).get("flaw")
+    if flaw:
+        return _judge_flaw(scenario, flaw)
+    reasons: list[str] = []
+    fails = [v for v in verdicts if v.get("status") == "fail"]
+    unknowns = [v for v in verdicts if v.get("status") == "unknown" and not is_not_applicable(v)]
+    findings = list(findings_for(scenario, config.thresholds))
+    reasons += [f"{v.get('name')} failed: {v.get('summary')}" for v in fails]
+    reasons += [f"threshold crossed: {f.message} ({f.source})" for f in findings]
+    if fails or findings:
+        status = "fail"
+    elif error or unknowns or not verdicts:
+        status = "unknown"
+    else:
+        status = "pass"
+    if error:
+        reasons.append(f"the scenario did not complete: {error}")
+    if not verdicts and not error:
+        reasons.append("the scenario returned no verdict")
+    reasons += [f"{v.get('name')} unknown: {v.get('summary')}" for v in unknowns]
+    return ScenarioOutcome(name, status, reasons, findings)
+
+
+def _judge_flaw(scenario: Mapping[str, Any], flaw: str) -> ScenarioOutcome:
+    """A flaw-matrix scenario passes when its flaw was caught: the expected checker *failed*."""
+    name = scenario.get("name", "?")
+    expect = (scenario.get("meta") or {}).get("expect")
+    verdicts = {v.get("name"): v for v in scenario.get("verdicts", [])}
+    if scenario.get("error"):
+        return ScenarioOutcome(
+            name, "unknown", [f"flaw {flaw}: scenario did not complete: {scenario['error']}"], []
+        )
+    if expect:
+        v = verdicts.get(expect)
+        if v is None:
+            return ScenarioOutcome(name, "unknown", [f"flaw {flaw}: no {expect} verdict was recorded"], [])
+        if v.get("status") == "fail":
+            return ScenarioOutcome(name, "pass", [f"flaw {flaw} caught by {expect}"], [])
+        status = "unknown" if v.get("status") == "unknown" else "fail"
+        return ScenarioOutcome(
+            name, status, [f"flaw {flaw} NOT caught: {expect} said {v.get('status')}: {v.get('summary')}"], []
+        )
+    caught = [n for n, v in verdicts.items() if v.get("status") == "fail"]
+    if caught:
+        return ScenarioOutcome(name, "pass", [f"flaw {flaw} caught by {', '.join(caught)}"], [])
+    return ScenarioOutcome(name, "fail", [f"flaw {flaw} NOT caught: no checker failed"], [])
+
+
+def judge(results: Mapping[str, Any], config: GateConfig) -> GateOutcome:
+    """The gate's outcome for a run (``results.json`` as a dict)."""
+    scenarios = results.get("scenarios") or []
+    outs = [judge_scenario(s, config) for s in scenarios]
+    if not outs:
+        return GateOutcome("error", EXIT_ENV, "the run holds no scenario: nothing was tested.", [])
+    failed = [o for o in outs if o.status == "fail"]
+    unknown = [o for o in outs if o.status == "unknown"]
+    if failed:
+        first = failed[0]
+        return GateOutcome(
+            "fail",
+            EXIT_FAIL,
+            f"{len(failed)} of {len(outs)} scenario(s) failed; first: {first.name}: {first.reasons[0]}",
+            outs,
+        )
+    if unknown:
+        msg = (
+            f"{len(unknown)} of {len(outs)} scenario(s) could not show their invariants; first: "
+            f"{unknown[0].name}: {unknown[0].reasons[0] if unknown[0].reasons else 'unknown'}"
+        )
+        if config.unknown == "warn":
+            return GateOutcome("pass", EXIT_PASS, f"passed with warnings: {msg}", outs, [msg])
+        return GateOutcome("unknown", EXIT_UNKNOWN, msg, outs)
+    return GateOutcome("pass", EXIT_PASS, f"all {len(outs)} scenario(s) held their invariants.", outs)
