@@ -8,8 +8,10 @@ in one process layout. For each fan-out N it measures:
   of the slowest subscriber (a bounded in-flight window);
 * latency: publish-to-deliver p50 and p99 while publishing open-loop at half
   the relay's capacity;
-* the server's CPU use during the capacity phase (a server below 100 % means
-  the client process was the bottleneck, which the table says);
+* the server's CPU use during the capacity phase, and deliveries per second of
+  server CPU: on two cores the client process can be the bottleneck (a server
+  below 100 % CPU says so), and then this efficiency figure is the fairer
+  comparison of the two servers;
 * with PostgreSQL: whether persistence kept up (``persisted`` replies per
   second against publishes per second, and the backlog when publishing ended).
 """
@@ -42,6 +44,11 @@ class Row:
     persisted_per_s: float | None = None
     published_per_s: float | None = None
     backlog_at_end: int | None = None
+
+    @property
+    def per_cpu_second(self) -> float:
+        """Deliveries per second of server CPU: the server's efficiency, whoever was the bottleneck."""
+        return self.deliveries_per_s / self.server_cpu if self.server_cpu > 0 else float("nan")
 
 
 def _command(target: str, dsn: str | None) -> list[str]:
@@ -122,8 +129,8 @@ def _table(rows: list[Row]) -> None:
     from rich.table import Table
 
     table = Table(title="fastport-lab bench broker (ratios against the relay at the same fan-out)")
-    for col in ("subs", "server", "deliveries/s", "ratio", "server CPU", "p50 ms", "p99 ms", "p99 ratio",
-                "persisted/s", "backlog"):
+    for col in ("subs", "server", "deliveries/s", "ratio", "server CPU", "per CPU-s", "ratio", "p50 ms",
+                "p99 ms", "p99 ratio", "persisted/s", "backlog"):
         table.add_column(col, justify="right")
     relay = {r.subscribers: r for r in rows if r.target == "relay"}
     for r in rows:
@@ -131,6 +138,7 @@ def _table(rows: list[Row]) -> None:
         table.add_row(
             str(r.subscribers), r.target, f"{r.deliveries_per_s:,.0f}",
             f"{r.deliveries_per_s / base.deliveries_per_s:.2f}", f"{r.server_cpu:.0%}",
+            f"{r.per_cpu_second:,.0f}", f"{r.per_cpu_second / base.per_cpu_second:.2f}",
             f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.p99_ms / base.p99_ms:.2f}",
             "" if r.persisted_per_s is None else f"{r.persisted_per_s:,.0f} of {r.published_per_s:,.0f}",
             "" if r.backlog_at_end is None else str(r.backlog_at_end),
@@ -161,5 +169,5 @@ def main(argv: list[str] | None = None) -> int:
     _table(rows)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump([asdict(r) for r in rows], fh, indent=2)
+            json.dump([{**asdict(r), "per_cpu_second": r.per_cpu_second} for r in rows], fh, indent=2)
     return 0
