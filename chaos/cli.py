@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("chaos.run:main", "run the chaos suites with a live display, then write the HTML report"),
     "demo": ("chaos.demo:main", "start the reference broker on embedded PostgreSQL and show a round trip"),
     "broker": ("broker.cli:main", "run the reference FastPort broker"),
     "toxiproxy": ("chaos.toxiproxy.cli:main", "run the embedded Toxiproxy-compatible fault proxy"),

@@ -84,7 +84,7 @@ def resolve_runner(spec: str) -> SuiteRunner:
     return target
 
 
-def _config(args: argparse.Namespace) -> GateConfig:
+def gate_config(args: argparse.Namespace) -> GateConfig:
     if args.config:
         config = load_config(args.config)
     else:
@@ -107,38 +107,33 @@ def print_report(report: RunReport, out=None) -> None:
     print(f"  junit:  {report.run_dir / 'junit.xml'}", file=out)
 
 
-def main(argv: Sequence[str] | None = None, *, runner: SuiteRunner | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def execute(
+    args: argparse.Namespace,
+    command: list[str],
+    config: GateConfig,
+    runner: SuiteRunner,
+    *,
+    log: Path | None = None,
+) -> RunReport:
+    """Run the suites described by *args* (the gate's options) and write the run folder.
+
+    Raises UsageError for a bad broker command or store; every other problem
+    (the suites could not run, Ctrl-C) becomes the run's environment error.
+    """
+    from chaos.environment import LabConfig, LabConfigError
+
     try:
-        args = parser().parse_args(argv)
-        config = _config(args)
-        if args.from_dir:
-            from reports.build import rebuild
-
-            report = rebuild(args.from_dir, config)
-            print_report(report)
-            return report.exit_code
-        if args.runner:
-            runner = resolve_runner(args.runner)
-        if runner is None:
-            from reports.suites import pytest_runner as runner
-        from chaos.environment import LabConfig, LabConfigError
-
-        try:
-            lab = LabConfig.resolve(args.broker_cmd, args.store)
-        except LabConfigError as exc:
-            raise UsageError(str(exc)) from None
-        recorder = RunRecorder(
-            Path(args.runs_dir) if args.runs_dir else DEFAULT_ROOT,
-            run_id=args.run_id,
-            command=["fastport-lab", "gate", *argv],
-            seed=args.seed,
-            broker_cmd=lab.broker_cmd,
-            store=lab.store,
-        )
-    except (UsageError, GateConfigError, RunFormatError, ValueError, OSError) as exc:
-        print(f"fastport-lab gate: {exc}", file=sys.stderr)
-        return EXIT_ENV
+        lab = LabConfig.resolve(args.broker_cmd, args.store)
+    except LabConfigError as exc:
+        raise UsageError(str(exc)) from None
+    recorder = RunRecorder(
+        Path(args.runs_dir) if args.runs_dir else DEFAULT_ROOT,
+        run_id=args.run_id,
+        command=command,
+        seed=args.seed,
+        broker_cmd=lab.broker_cmd,
+        store=lab.store,
+    )
     request = SuiteRequest(
         recorder,
         broker_cmd=args.broker_cmd,
@@ -148,6 +143,7 @@ def main(argv: Sequence[str] | None = None, *, runner: SuiteRunner | None = None
         pytest_args=args.pytest_args,
         seed=args.seed,
         timeout=args.timeout,
+        log=log,
     )
     problem = None
     try:
@@ -160,7 +156,29 @@ def main(argv: Sequence[str] | None = None, *, runner: SuiteRunner | None = None
         problem = f"the suite runner crashed: {type(exc).__name__}: {exc}"
     report = recorder.finish(config, environment_error=problem)
     if problem:
-        print(f"fastport-lab gate: environment error: {problem}", file=sys.stderr)
+        print(f"{command[0]} {command[1]}: environment error: {problem}", file=sys.stderr)
+    return report
+
+
+def main(argv: Sequence[str] | None = None, *, runner: SuiteRunner | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser().parse_args(argv)
+        config = gate_config(args)
+        if args.from_dir:
+            from reports.build import rebuild
+
+            report = rebuild(args.from_dir, config)
+            print_report(report)
+            return report.exit_code
+        if args.runner:
+            runner = resolve_runner(args.runner)
+        if runner is None:
+            from reports.suites import pytest_runner as runner
+        report = execute(args, ["fastport-lab", "gate", *argv], config, runner)
+    except (UsageError, GateConfigError, RunFormatError, ValueError, OSError) as exc:
+        print(f"fastport-lab gate: {exc}", file=sys.stderr)
+        return EXIT_ENV
     print_report(report)
     return report.exit_code
 

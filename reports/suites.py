@@ -51,6 +51,7 @@ class SuiteRequest:
     pytest_args: list[str] = field(default_factory=list)
     seed: int | None = None
     timeout: float = DEFAULT_TIMEOUT
+    log: Path | None = None  # pytest's own output goes here instead of the terminal (a live display owns it)
 
 
 SuiteRunner = Callable[[SuiteRequest], None]
@@ -188,7 +189,10 @@ def pytest_runner(request: SuiteRequest) -> None:
         if request.seed is not None:
             env["FASTPORT_LAB_SEED"] = str(request.seed)
         print(f"fastport-lab gate: running {' '.join(cmd[2:])}", flush=True)
-        proc = subprocess.Popen(cmd, cwd=ROOT_DIR, env=env, start_new_session=True)
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(open(request.log, "ab")) if request.log else None
+            proc = subprocess.Popen(cmd, cwd=ROOT_DIR, env=env, start_new_session=True, stdout=out,
+                                    stderr=subprocess.STDOUT if out else None)
         try:
             rc = proc.wait(timeout=request.timeout)
         except subprocess.TimeoutExpired:

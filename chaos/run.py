@@ -1,0 +1,166 @@
+"""``fastport-lab run``: the chaos suites with a live display, then a summary and the report.
+
+It is the gate's run (same suites, same run folder, same exit codes) for a
+person at a terminal: while pytest runs the scenarios in a child process (its
+output goes to ``pytest.log`` in the run folder), a live table shows each
+scenario's phase, active fault and deliveries so far; at the end a summary
+table gives each scenario's invariants and the path of the HTML report.
+
+Exit codes as ``fastport-lab gate``: 0 pass, 1 an invariant violated, 2 a
+verdict unknown, 3 environment or usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from chaos.gate import UsageError, execute, gate_config
+from chaos.gate import parser as gate_parser
+from chaos.progress import ENV as PROGRESS_ENV
+from chaos.progress import ProgressReader
+from reports.judge import EXIT_ENV, GateConfigError
+from reports.record import DEFAULT_ROOT, ROOT_DIR, RunFormatError, RunReport
+from reports.suites import SuiteRequest, SuiteRunner, pytest_runner
+
+# Short names for the suites; any pytest path or node id works as well.
+SUITES: dict[str, str] = {
+    "storage": "scenarios/test_fmea1_storage.py",
+    "subscribers": "scenarios/test_fmea2_subscribers.py",
+    "crash": "scenarios/test_fmea3_crash.py",
+    "port": "scenarios/test_fmea4_port.py",
+    "bad-input": "scenarios/test_bad_input.py",
+    "flaws": "scenarios/test_flaw_matrix.py",
+    "schedules": "scenarios/test_schedules.py",
+}
+ALIASES = {"fmea1": "storage", "fmea2": "subscribers", "fmea3": "crash", "fmea4": "port"}
+STATUS_STYLE = {"pass": "green", "fail": "red", "unknown": "yellow", "error": "red", "running": "cyan"}
+
+
+def suite_paths(names: Sequence[str]) -> list[str]:
+    """Map scenario names to pytest paths; raises UsageError naming the choices."""
+    paths = []
+    for name in names:
+        key = ALIASES.get(name, name)
+        if key in SUITES:
+            paths.append(SUITES[key])
+        elif (ROOT_DIR / name.split("::")[0]).exists():
+            paths.append(name)
+        else:
+            choices = ", ".join([*SUITES, *ALIASES])
+            raise UsageError(f"unknown scenario {name!r}: choose from {choices}, or give a pytest path")
+    return paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastport-lab run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                   help=f"suites to run (default all): {', '.join(SUITES)}; or pytest paths")
+    p.add_argument("--broker-cmd", help="launch command of the broker under test (PROTOCOL.md section 4)")
+    p.add_argument("--store", choices=("memory", "postgres"), help="broker store (default postgres)")
+    p.add_argument("--seed", type=int, help="seed for the generated fault schedules")
+    p.add_argument("--out", metavar="DIR", help=f"where run folders go (default {DEFAULT_ROOT})")
+    p.add_argument("-k", dest="select", metavar="EXPR",
+                   help="only scenarios matching this pytest -k expression")
+    p.add_argument("--config", metavar="TOML", help="gate thresholds (default gate.toml)")
+    p.add_argument("--no-live", action="store_true", help="no live display (plain output, e.g. in CI logs)")
+    return p
+
+
+def _progress_table(reader: ProgressReader) -> Table:
+    table = Table(title="fastport-lab run", expand=False)
+    for col in ("scenario", "phase", "active fault", "published", "delivered", "s"):
+        table.add_column(col, justify="right" if col in ("published", "delivered", "s") else "left")
+    for p in reader.poll().values():
+        style = STATUS_STYLE.get(p.status, "")
+        phase = p.phase if p.status == "running" else p.status
+        table.add_row(p.scenario, Text(phase, style=style), ", ".join(p.faults) or "-",
+                      str(p.published), str(p.delivered), f"{p.elapsed:.1f}")
+    if not table.rows:
+        table.add_row("starting the lab...", "", "", "", "", "")
+    return table
+
+
+def live_runner(console: Console, inner: SuiteRunner = pytest_runner) -> SuiteRunner:
+    """Wrap *inner* so that the scenarios' progress is shown live while it runs."""
+
+    def runner(request: SuiteRequest) -> None:
+        with tempfile.TemporaryDirectory(prefix="fastport-run-") as tmp:
+            progress = Path(tmp) / "progress.jsonl"
+            reader = ProgressReader(progress)
+            previous = os.environ.get(PROGRESS_ENV)
+            os.environ[PROGRESS_ENV] = str(progress)  # the pytest child inherits it
+            try:
+                with Live(get_renderable=lambda: _progress_table(reader), console=console,
+                          refresh_per_second=4, transient=False):
+                    inner(request)
+            finally:
+                if previous is None:
+                    os.environ.pop(PROGRESS_ENV, None)
+                else:
+                    os.environ[PROGRESS_ENV] = previous
+
+    return runner
+
+
+def summary(console: Console, report: RunReport) -> None:
+    """The closing table: each scenario's invariants, then the verdict and where the report is."""
+    table = Table(title="Summary")
+    for col in ("scenario", "FMEA", "verdict", "invariants", "why"):
+        table.add_column(col)
+    gate = {s["name"]: s for s in report.results.get("gate", {}).get("scenarios", [])}
+    for s in report.results.get("scenarios", []):
+        g = gate.get(s["name"], {})
+        status = g.get("status", "?")
+        marks = " ".join(
+            f"[{STATUS_STYLE.get(v['status'], '')}]{v['name']}[/]" for v in s.get("verdicts", [])
+        )
+        why = "; ".join(g.get("reasons", [])[:2]) or (s.get("error") or "")
+        table.add_row(s["name"], str(s.get("fmea") or ""), f"[{STATUS_STYLE.get(status, '')}]{status}[/]",
+                      marks, why)
+    gate_result = report.results.get("gate", {})
+    status = gate_result.get("status", "?")
+    console.print(Group(table, Text(f"{status.upper()}: {gate_result.get('summary', '')}",
+                                    style=STATUS_STYLE.get(status, "bold"))))
+    console.print(f"report: {report.html}")
+    if (report.run_dir / "pytest.log").exists():
+        console.print(f"pytest output: {report.run_dir / 'pytest.log'}")
+
+
+def main(argv: Sequence[str] | None = None, *, runner: SuiteRunner | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        gate_args = gate_parser().parse_args([])
+        gate_args.broker_cmd, gate_args.store, gate_args.seed = args.broker_cmd, args.store, args.seed
+        gate_args.runs_dir, gate_args.select, gate_args.config = args.out, args.select, args.config
+        gate_args.suite = suite_paths(args.scenarios) or None
+        config = gate_config(gate_args)
+        inner = runner or pytest_runner
+        chosen = inner if args.no_live or not console.is_terminal else live_runner(console, inner)
+        with tempfile.TemporaryDirectory(prefix="fastport-run-log-") as tmp:
+            log = Path(tmp) / "pytest.log"
+            report = execute(gate_args, ["fastport-lab", "run", *argv], config, chosen,
+                             log=None if chosen is inner else log)
+            if log.exists():
+                (report.run_dir / "pytest.log").write_bytes(log.read_bytes())
+    except (UsageError, GateConfigError, RunFormatError, ValueError, OSError) as exc:
+        console.print(f"[red]fastport-lab run:[/] {exc}")
+        return EXIT_ENV
+    summary(console, report)
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
