@@ -1,0 +1,330 @@
+"""The lab's environment: PostgreSQL, the fault proxy in front of it, and the broker under test.
+
+Two scopes, because starting PostgreSQL costs seconds and a scenario must not
+inherit another's state:
+
+* :class:`LabSession` (one per pytest session / xdist worker, or per CLI run):
+  one PostgreSQL (``postgres_from_env()``: embedded by default) and one fault
+  proxy server (``$TOXIPROXY_URL`` or the embedded Toxiproxy-compatible server).
+* :class:`Lab` (one per scenario, ``async with``): a fresh database, a fresh proxy
+  to it, and the broker started from the launch command with ``{dsn}`` pointing
+  through that proxy. Everything it made is torn down on exit, also on failure or
+  Ctrl-C, and the exit checks that no broker process survived.
+
+The broker is known only by its launch command (PROTOCOL.md section 4), so the
+same scenarios run against the reference broker, one of its ``--flaw`` variants,
+or a user's broker. :class:`LabConfig` resolves that command and the store from
+explicit values, then ``FASTPORT_LAB_BROKER_CMD`` / ``FASTPORT_LAB_STORE``, then
+the defaults; pytest options and a CLI both just fill it in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shlex
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from chaos.clients import Publisher, Subscriber
+from chaos.history import History
+from chaos.launcher import STORES, BrokerProcess, render_command
+from chaos.postgres import EmbeddedPostgres, PostgresServer, postgres_from_env
+from chaos.toxiproxy.client import FaultProxy, NotFound, Proxy
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV_BROKER_CMD = "FASTPORT_LAB_BROKER_CMD"
+ENV_STORE = "FASTPORT_LAB_STORE"
+ENV_RUN_DIR = "FASTPORT_LAB_RUN_DIR"
+REFERENCE_BROKER_CMD = (
+    shlex.join([sys.executable, "-m", "broker"]) + " --host {host} --port {port} --store {store} --dsn {dsn}"
+)
+FLAWS = ("store-first", "unguarded-fanout", "no-hydrate")
+
+
+class LabConfigError(ValueError):
+    """The broker command or store is unusable; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    """What to test: the broker's launch command and the store it runs with."""
+
+    broker_cmd: str = REFERENCE_BROKER_CMD
+    store: str = "postgres"
+    ready_timeout: float = 30.0  # a broker that neither listens nor exits by then is a hang
+    cwd: str = str(ROOT)  # `python -m broker` resolves from the checkout
+
+    def __post_init__(self) -> None:
+        if self.store not in STORES:
+            raise LabConfigError(f"store must be one of {', '.join(STORES)}, got {self.store!r}")
+        try:
+            render_command(self.broker_cmd, port=0, dsn="postgresql://lab@127.0.0.1:1/x", store=self.store)
+        except ValueError as exc:
+            raise LabConfigError(f"unusable broker command: {exc}") from None
+        if not any("{port}" in t for t in shlex.split(self.broker_cmd)):
+            raise LabConfigError(
+                f"broker command {self.broker_cmd!r} has no {{port}} placeholder: the lab must choose "
+                "the port (PROTOCOL.md section 4) so that runs never collide"
+            )
+
+    @classmethod
+    def resolve(
+        cls,
+        broker_cmd: str | None = None,
+        store: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> LabConfig:
+        """Explicit values win, then ``FASTPORT_LAB_BROKER_CMD`` / ``FASTPORT_LAB_STORE``, then defaults."""
+        env = os.environ if env is None else env
+        cmd = (broker_cmd or env.get(ENV_BROKER_CMD) or "").strip() or REFERENCE_BROKER_CMD
+        st = (store or env.get(ENV_STORE) or "").strip() or "postgres"
+        return cls(broker_cmd=cmd, store=st)
+
+    @property
+    def is_reference(self) -> bool:
+        """The reference broker (``python -m broker``), whose store schema the lab may read."""
+        toks = shlex.split(self.broker_cmd)
+        return any(a == "-m" and b == "broker" for a, b in zip(toks, toks[1:], strict=False))
+
+    @property
+    def durable(self) -> bool:
+        return self.store == "postgres"
+
+    def with_flaw(self, flaw: str) -> LabConfig:
+        """The reference broker with one ``--flaw`` (for the flaw matrix)."""
+        if not self.is_reference:
+            raise LabConfigError("flaw variants exist only for the reference broker")
+        if flaw not in FLAWS:
+            raise LabConfigError(f"unknown flaw {flaw!r}; choose from {', '.join(FLAWS)}")
+        return replace(self, broker_cmd=f"{self.broker_cmd} --flaw {flaw}")
+
+
+def run_root(env: Mapping[str, str] | None = None) -> Path:
+    """Where run folders go: ``$FASTPORT_LAB_RUN_DIR`` or a fresh temp dir (kept for the user to read)."""
+    env = os.environ if env is None else env
+    given = env.get(ENV_RUN_DIR, "").strip()
+    if given:
+        path = Path(given).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return Path(tempfile.mkdtemp(prefix="fastport-lab-"))
+
+
+class LabSession:
+    """One PostgreSQL and one fault-proxy server shared by every scenario of a run."""
+
+    def __init__(
+        self,
+        pg: PostgresServer,
+        toxiproxy_url: str,
+        run_dir: Path,
+        owned_server: Any = None,
+        keep_runs: bool = False,
+    ) -> None:
+        self.pg = pg
+        self.toxiproxy_url = toxiproxy_url
+        self.run_dir = run_dir
+        self.keep_runs = keep_runs  # keep the folders of passing runs too (the user chose the run dir)
+        self._server = owned_server
+        self.started_pids: set[int] = set()  # every broker the labs of this session started
+
+    @classmethod
+    def open(cls, run_dir: Path | None = None, keep_runs: bool | None = None) -> LabSession:
+        """Start PostgreSQL and the fault proxy; *run_dir* defaults to :func:`run_root`.
+
+        Folders of passing runs are removed unless *keep_runs* (default: a run dir was given).
+        """
+        if keep_runs is None:
+            keep_runs = run_dir is not None or bool(os.environ.get(ENV_RUN_DIR, "").strip())
+        pg = postgres_from_env()
+        pg.__enter__()
+        server = None
+        try:
+            url = os.environ.get("TOXIPROXY_URL", "").strip()
+            if not url:
+                from chaos.toxiproxy.server import ToxiproxyServer
+
+                server = ToxiproxyServer().start()
+                url = server.url
+            return cls(pg, url, run_dir or run_root(), server, keep_runs)
+        except BaseException:
+            if server is not None:
+                server.stop()
+            pg.close()
+            raise
+
+    @property
+    def pg_pids(self) -> list[int]:
+        return self.pg.processes() if isinstance(self.pg, EmbeddedPostgres) else []
+
+    def close(self) -> None:
+        try:
+            if self._server is not None:
+                self._server.stop()
+                self._server = None
+        finally:
+            self.pg.close()
+            if not self.keep_runs:  # leave nothing behind but the folders of failed runs
+                for d in (self.run_dir, self.run_dir.parent):
+                    if d.name.startswith(("fastport-lab-", "gw")):
+                        with contextlib.suppress(OSError):
+                            d.rmdir()  # only when empty
+
+    def leaked_processes(self) -> list[int]:
+        """Pids of brokers started in this session that are still alive (should be none)."""
+        leaked = []
+        for pid in sorted(self.started_pids):
+            try:
+                os.killpg(pid, 0)  # the broker ran in its own process group (pgid == pid)
+            except (ProcessLookupError, PermissionError):
+                continue
+            leaked.append(pid)
+        return leaked
+
+    def __enter__(self) -> LabSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _dsn_via(dsn: str, host: str, port: int) -> str:
+    parts = urlsplit(dsn)
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@dataclass
+class Lab:
+    """One scenario's world: database, proxy, broker, clients and history; ``async with Lab(...)``."""
+
+    session: LabSession
+    config: LabConfig
+    name: str = "scenario"
+    history: History = field(default_factory=History)
+    client_backoff: tuple[float, float] = (0.02, 0.25)
+
+    def __post_init__(self) -> None:
+        self.token = secrets.token_hex(4)
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        self.db_name = f"lab_{worker}_{self.token}"
+        self.dsn_direct: str | None = None  # the database itself (for the lab's own reads)
+        self.dsn: str | None = None  # through the fault proxy (what the broker gets)
+        self.proxy: Proxy | None = None
+        self.api = FaultProxy(self.session.toxiproxy_url)
+        self.broker: BrokerProcess | None = None
+        self.brokers: list[BrokerProcess] = []
+        self.port: int | None = None
+        self.clients: list[Publisher | Subscriber] = []
+        self.notes: dict[str, Any] = {}  # free-form facts a scenario wants in its run folder
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Lab:
+        try:
+            self.dsn_direct = await asyncio.to_thread(self.session.pg.create_database, self.db_name)
+            pg = self.session.pg
+            self.proxy = await self.api.create(f"pg-{self.db_name}", upstream=f"{pg.host}:{pg.port}")
+            self.dsn = _dsn_via(self.dsn_direct, self.proxy.host, self.proxy.port)
+            await self.start_broker()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close clients, stop brokers, delete the proxy, drop the database; then check nothing leaked."""
+        for c in self.clients:
+            with contextlib.suppress(Exception):
+                await c.close()
+        for b in self.brokers:
+            await asyncio.to_thread(b.terminate, 5.0)
+        if self.proxy is not None:
+            # Deleting the proxy also drops any toxic a failing nemesis left; never POST /reset,
+            # which would heal the faults of other runs sharing a real Toxiproxy (TOXIPROXY_URL).
+            with contextlib.suppress(NotFound, OSError):
+                await self.proxy.delete()
+        pg = self.session.pg
+        if pg.can_restart and not pg.is_running:
+            await asyncio.to_thread(pg.start)  # a PostgreSQL-stop fault that did not heal
+        if self.dsn_direct is not None and pg.is_running:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(pg.drop_database, self.db_name)
+        alive = [b.pid for b in self.brokers if b.alive]
+        if alive:
+            raise RuntimeError(f"broker process(es) {alive} survived the lab's teardown")
+
+    # --- broker ----------------------------------------------------------------------------------
+
+    async def start_broker(self, port: int | None = None, name: str = "broker") -> BrokerProcess:
+        """Start (or restart, on the same port by default) the broker; raises LaunchError if it fails."""
+        want = port if port is not None else (self.port or 0)
+        b = BrokerProcess(
+            self.config.broker_cmd,
+            history=self.history,
+            name=name,
+            port=want,
+            dsn=self.dsn,
+            store=self.config.store,
+            cwd=self.config.cwd,
+            ready_timeout=self.config.ready_timeout,
+        )
+        self.brokers.append(b)
+        try:
+            await asyncio.to_thread(b.start)
+        finally:
+            if b.pid is not None:
+                self.session.started_pids.add(b.pid)
+        self.broker = b
+        self.port = b.port
+        return b
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("no broker has listened yet")
+        return f"ws://127.0.0.1:{self.port}/"
+
+    # --- clients ---------------------------------------------------------------------------------
+
+    def subscriber(self, client_id: str, topics: list[str], **kwargs: Any) -> Subscriber:
+        kwargs.setdefault("backoff", self.client_backoff)
+        s = Subscriber(self.url, client_id, topics, history=self.history, **kwargs)
+        self.clients.append(s)
+        return s
+
+    def publisher(self, client_id: str = "pub", **kwargs: Any) -> Publisher:
+        kwargs.setdefault("backoff", self.client_backoff)
+        p = Publisher(self.url, client_id, history=self.history, **kwargs)
+        self.clients.append(p)
+        return p
+
+    # --- the store (reference broker only) -------------------------------------------------------
+
+    async def store_listing(self) -> tuple[list[Any] | None, str]:
+        """(deliveries left in the store, why not) — readable only for the reference broker's schema."""
+        if not self.config.durable:
+            return None, "the broker runs with --store memory: there is no store to look for zombies in"
+        if not self.config.is_reference:
+            return None, (
+                "the broker under test is not the reference broker, and PROTOCOL.md does not define a "
+                "store schema, so the lab cannot read its store"
+            )
+        from broker.store_postgres import StoreError, outstanding
+
+        try:
+            return list(await outstanding(self.dsn_direct, timeout=5.0)), ""
+        except StoreError as exc:
+            return None, f"cannot read the reference store: {exc}"

@@ -1,0 +1,81 @@
+"""Generated fault schedules (Hypothesis): random mixes of faults and workload, shrunk on failure.
+
+Reproducible: examples are derandomized (the same schedules on every run and in CI).
+``FASTPORT_LAB_SCHEDULE_EXAMPLES`` changes how many are drawn (default 10). A failure
+prints the smallest failing schedule and the command that replays it::
+
+    pytest scenarios/test_schedules.py --schedule '[{"op":"kill"},{"op":"cut","n":3}]'
+
+(``FASTPORT_LAB_SCHEDULE`` does the same as ``--schedule``.)
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, note, settings
+
+from chaos.environment import REFERENCE_BROKER_CMD
+from chaos.scenario import ScenarioResult
+from scenarios.schedules import (
+    ScheduleError,
+    parse_schedule,
+    replay_command,
+    schedule_scenario,
+    steps_strategy,
+)
+
+EXAMPLES = int(os.environ.get("FASTPORT_LAB_SCHEDULE_EXAMPLES", "10"))
+
+
+def _replay(steps, lab_config) -> str:
+    cmd = None if lab_config.broker_cmd == REFERENCE_BROKER_CMD else lab_config.broker_cmd
+    return replay_command(steps, cmd, None if lab_config.store == "postgres" else lab_config.store)
+
+
+def _judge(result: ScenarioResult, steps, lab_config) -> None:
+    bad = [v for v in result.verdicts if v.status == "fail"]
+    if result.error is not None or bad or not result.verdicts:
+        replay = _replay(steps, lab_config)
+        raise AssertionError(
+            f"schedule failed: {', '.join(v.name for v in bad) or result.error}\n"
+            f"replay it with:\n  {replay}\n{result.report()}"
+        )
+    assert result.verdict("at-least-once").status == "pass", result.report()
+
+
+@pytest.mark.integration
+@pytest.mark.fmea("schedules")
+@pytest.mark.timeout(900)  # passing takes ~15 s; shrinking a failure runs many more schedules
+def test_generated_schedules(run_lab, lab_config, request):
+    if request.config.getoption("--schedule") or os.environ.get("FASTPORT_LAB_SCHEDULE"):
+        pytest.skip("replaying one given schedule instead (test_replay_schedule)")
+
+    @settings(
+        max_examples=EXAMPLES,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+        print_blob=False,
+    )
+    @given(steps=steps_strategy(lab_config.durable))
+    def check(steps):
+        note(f"replay: {_replay(steps, lab_config)}")
+        _judge(run_lab(schedule_scenario(steps), name="schedule"), steps, lab_config)
+
+    check()
+
+
+@pytest.mark.integration
+@pytest.mark.fmea("schedules")
+def test_replay_schedule(run_lab, lab_config, request):
+    text = request.config.getoption("--schedule") or os.environ.get("FASTPORT_LAB_SCHEDULE")
+    if not text:
+        pytest.skip("no --schedule given (FASTPORT_LAB_SCHEDULE)")
+    try:
+        steps = parse_schedule(text, lab_config.durable)
+    except ScheduleError as exc:
+        pytest.fail(f"bad --schedule: {exc}", pytrace=False)
+    _judge(run_lab(schedule_scenario(steps), name="schedule-replay"), steps, lab_config)
