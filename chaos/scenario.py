@@ -28,6 +28,7 @@ from chaos.clients import HangError, Publisher, PublishResult, Subscriber
 from chaos.environment import Lab, LabConfig, LabSession
 from chaos.history import History
 from chaos.nemesis import Nemesis, probe_healthz
+from chaos.progress import attach as attach_progress
 
 Scenario = Callable[[Lab, Nemesis], Awaitable[list[Verdict]]]
 NOT_APPLICABLE = "not-applicable"  # evidence key: a check the scenario could not run here, and why
@@ -142,6 +143,7 @@ def run_scenario(
         n += 1
         run_dir = run_dir.with_name(f"{run_dir.name}-{n}")
     history = History()
+    progress = attach_progress(history, name)  # fastport-lab run's live display, when it asked for it
     verdicts: list[Verdict] = []
     error: str | None = None
     notes: dict[str, Any] = {}
@@ -173,6 +175,8 @@ def run_scenario(
                     [f"[pid {b.pid}] {line}" for line in list(b.stderr_lines)[-12:]]
                 )
     result = ScenarioResult(name, config, verdicts, history, run_dir, time.monotonic() - t0, error, notes)
+    if progress is not None:
+        progress.finish("pass" if result.ok else "error" if error else "fail")
     write_run(result)
     write_broker_logs(lab, run_dir)
     if result.ok and not session.keep_runs:
