@@ -36,6 +36,7 @@ class Config:
     persist_queue_bytes: int = 64 << 20
     persist_ttl: float = 120.0
     persist_batch: int = 5000
+    persist_linger: float = 0.05
     send_queue: int = 10_000
     max_queue: int = 64
     compression: bool = False
@@ -44,6 +45,7 @@ class Config:
     startup_timeout: float = 10.0
     log_format: str = "text"
     log_level: str = "info"
+    loop: str = "auto"
 
 
 def _positive(kind: type) -> object:
@@ -175,6 +177,13 @@ def build_parser(prog: str = "python -m broker") -> argparse.ArgumentParser:
         help="seconds a message may wait for storage before 'persist_failed'",
     )
     s.add_argument("--persist-batch", type=pi, default=d.persist_batch, help="largest batch per storage call")
+    s.add_argument(
+        "--persist-linger",
+        type=_non_negative_float,
+        default=d.persist_linger,
+        help="seconds a change waits before a durable store gets it, so that acks arriving meanwhile "
+        "cancel their message's writes (0: write at once)",
+    )
     o = p.add_argument_group("process")
     o.add_argument("--shutdown-timeout", type=pf, default=d.shutdown_timeout, help="SIGTERM drain budget (s)")
     o.add_argument(
@@ -182,6 +191,12 @@ def build_parser(prog: str = "python -m broker") -> argparse.ArgumentParser:
         type=pf,
         default=d.startup_timeout,
         help="how long to keep trying to open and load the store at start-up (s)",
+    )
+    o.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default=d.loop,
+        help="event loop: uvloop is faster when installed; auto uses it if importable",
     )
     o.add_argument("--log-format", choices=("text", "json"), default=d.log_format)
     o.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=d.log_level)

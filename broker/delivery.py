@@ -154,6 +154,10 @@ class DeliveryCore:
         self.outbox: list[Op] = []
         self.stats = Stats()
         self._heap: list[tuple[float, int, str]] = []
+        self._staged: list[tuple[float, int, str]] = []  # heap entries of new messages, pushed lazily
+        self._staged_min = INF
+        # A lower bound of the oldest dedup entry's time: pruning is skipped while it is in the window.
+        self._dedup_head = INF
         self._seq = 0
 
     # --- helpers -------------------------------------------------------------
@@ -199,12 +203,16 @@ class DeliveryCore:
 
     def _prune_dedup(self, now: float) -> None:
         horizon = now - self.dedup_window
+        if self._dedup_head >= horizon:  # the oldest entry is still in the window: the usual case
+            return
         dedup = self.dedup
         while dedup:
             _, (_, seen, _) = next(iter(dedup.items()))
             if seen >= horizon:
-                break
+                self._dedup_head = seen
+                return
             dedup.popitem(last=False)
+        self._dedup_head = INF
 
     def new_id(self) -> str:
         return f"{self.rng.getrandbits(128):032x}"
@@ -292,6 +300,8 @@ class DeliveryCore:
         recipients = tuple(subs) if subs else ()
         msg = Message(mid, topic, payload, now, publisher, self.policy.ttl)
         self.stats.published += 1
+        if now < self._dedup_head:
+            self._dedup_head = now
         self.dedup[mid] = (topic, now, len(recipients))
         self.outbox.append(SaveMessage(StoredMessage(mid, topic, payload, now, publisher), recipients))
         online: list[str] = []
@@ -317,7 +327,13 @@ class DeliveryCore:
                 else:
                     cp[mid] = d
             self.stats.delivered += len(online)
-            self._schedule(msg, min(first, msg.expires_at))
+            # Staged, not pushed: most messages are acked long before their first retry is due,
+            # and then never cost a heap push and pop (see _unstage).
+            when = msg.check_at = min(first, msg.expires_at)
+            self._seq += 1
+            self._staged.append((when, self._seq, mid))
+            if when < self._staged_min:
+                self._staged_min = when
         return PublishResult(mid, len(recipients), False, msg.encoder.first, online)
 
     def ack(self, client_id: str, mid: str) -> bool:
@@ -340,12 +356,26 @@ class DeliveryCore:
 
     # --- time ---------------------------------------------------------------------
 
+    def _unstage(self) -> None:
+        """Move the staged entries of messages still outstanding into the heap; drop the rest."""
+        staged, self._staged, self._staged_min = self._staged, [], INF
+        messages, heap, push = self.messages, self._heap, heapq.heappush
+        for entry in staged:
+            msg = messages.get(entry[2])
+            if msg is not None and msg.check_at == entry[0]:
+                push(heap, entry)
+
     def next_deadline(self) -> float | None:
-        return self._heap[0][0] if self._heap else None
+        first = self._heap[0][0] if self._heap else INF
+        if self._staged_min < first:
+            first = self._staged_min
+        return None if first == INF else first
 
     def tick(self) -> list[tuple[str, bytes]]:
         """Run every due retry and expiry; return (client_id, frame) pairs to send now."""
         now = self.clock()
+        if self._staged:
+            self._unstage()
         heap = self._heap
         sends: list[tuple[str, bytes]] = []
         limit = self.policy.max_attempts
@@ -391,6 +421,7 @@ class DeliveryCore:
             self.messages[m.id] = msg
             if m.published_at >= horizon:
                 self.dedup[m.id] = (m.topic, m.published_at, 0)
+                self._dedup_head = min(self._dedup_head, m.published_at)
         for sd in snap.deliveries:
             msg = self.messages.get(sd.message_id)
             if msg is None:

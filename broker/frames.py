@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from math import isfinite
 from typing import Any
 
 # Error codes of PROTOCOL.md section 2.
@@ -107,8 +109,15 @@ def _message_id(value: object, ref: Any) -> str:
     return value
 
 
+# The usual ack, exactly as clients write it (compact or json.dumps spacing, id without escapes):
+# matched without the JSON decoder, since there is one ack per delivery.
+_PLAIN_ACK = re.compile(r'\{"type": ?"ack", ?"id": ?"([^"\\\x00-\x1f]{1,' + str(MAX_ID_LEN) + r'})"\}')
+
+
 def parse(data: str | bytes, max_frame: int = DEFAULT_MAX_FRAME) -> ClientFrame:
     """Parse one client frame; raise :class:`FrameError` with the protocol's code."""
+    if type(data) is str and len(data) * 4 <= max_frame and (m := _PLAIN_ACK.fullmatch(data)) is not None:
+        return Ack(m.group(1))
     if isinstance(data, bytes):
         raise FrameError(BAD_REQUEST, "binary frames are not supported; send JSON in a text frame")
     # len(str) <= UTF-8 byte length, so the cheap check first; encode only near the limit.
@@ -147,7 +156,33 @@ def parse(data: str | bytes, max_frame: int = DEFAULT_MAX_FRAME) -> ClientFrame:
 
 # --- encoding ---------------------------------------------------------------
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+def _unserializable(obj: object) -> Any:
+    raise TypeError(f"Object of type {obj.__class__.__name__} is not JSON serializable")
+
+
+def _make_dumps() -> Callable[[Any], str]:
+    """Compact UTF-8 JSON, no NaN: ``JSONEncoder.encode`` with its C encoder built once.
+
+    ``JSONEncoder.encode`` builds a new C encoder (and a circular-reference map)
+    on every call, which costs as much as encoding a small frame. Nothing
+    encoded here can be circular (payloads come from JSON), so one encoder
+    without the map serves every call.
+    """
+    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if c_make_encoder is None:  # pragma: no cover - CPython without the _json accelerator
+        return json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+    encoder = c_make_encoder(
+        None, _unserializable, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    join = "".join
+
+    def dumps(obj: Any) -> str:
+        return join(encoder(obj, 0))
+
+    return dumps
+
+
+_dumps = _make_dumps()
 
 
 def encode(obj: dict[str, Any]) -> bytes:
@@ -204,10 +239,19 @@ class MessageEncoder:
     __slots__ = ("_prefix", "first")
 
     def __init__(self, topic: str, mid: str, payload: Any, published_at: float) -> None:
-        body = _dumps(
-            {"type": "message", "topic": topic, "id": mid, "payload": payload, "published_at": published_at}
-        )
-        self._prefix = (body[:-1] + ',"attempt":').encode()
+        # What _dumps of the frame as a dict gives, assembled from a template: one encoder call fewer.
+        at = repr(published_at) if type(published_at) is float and isfinite(published_at) else None
+        self._prefix = (
+            '{"type":"message","topic":'
+            + _str(topic)
+            + ',"id":'
+            + _str(mid)
+            + ',"payload":'
+            + _dumps(payload)
+            + ',"published_at":'
+            + (at or _dumps(published_at))
+            + ',"attempt":'
+        ).encode()
         self.first = self._prefix + b"1}"
 
     def frame(self, attempt: int) -> bytes:

@@ -58,6 +58,15 @@ class SpillQueue:
         self.entries.append(Entry(op, now))
         return True
 
+    def aged(self, cutoff: float, limit: int) -> int:
+        """How many leading entries (at most ``limit``) were queued at or before ``cutoff``."""
+        n = 0
+        for e in self.entries:
+            if n >= limit or e.enqueued > cutoff:
+                break
+            n += 1
+        return n
+
     def peek(self, n: int) -> list[Op]:
         return [e.op for e in islice(self.entries, n)]
 

@@ -30,9 +30,10 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
+from websockets.speedups import apply_mask
 
 from . import frames as F
 from .auth import OPEN, AuthFileError, Rights, load_tokens, token_from
@@ -66,12 +67,131 @@ def make_store(cfg: Config) -> Store:
     return PostgresStore(cfg.dsn, timeout=cfg.db_timeout, pool_size=cfg.db_pool)
 
 
-def wire_frame(data: bytes) -> bytes:
-    """An unmasked, uncompressed server text frame: identical bytes for every recipient."""
-    return Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[])
+def text_header(size: int) -> bytes:
+    """The header of an unmasked, uncompressed, final server text frame of ``size`` bytes (RFC 6455 5.2).
+
+    Followed by the payload, it is byte for byte what ``Frame(TEXT, data).serialize(mask=False)``
+    produces, without building a frame object per recipient; the payload buffer itself is shared.
+    """
+    if size < 126:
+        return bytes((0x81, size))
+    if size < 65536:
+        return b"\x81\x7e" + size.to_bytes(2, "big")
+    return b"\x81\x7f" + size.to_bytes(8, "big")
 
 
 _background: set[asyncio.Task[None]] = set()  # keep fire-and-forget closes referenced
+
+
+class FastConnection(ServerConnection):
+    """A server connection that hands complete data frames to ``on_frame`` as they arrive.
+
+    websockets parses each frame through generators into a ``Frame``, queues
+    every message in an assembler and wakes the handler task for it: a task
+    switch per frame, for every publish and every ack. Once the handler sets
+    ``on_frame``, an unfragmented, masked text or binary frame (the only kind
+    clients send in practice) is cut out of the TCP stream here and handled
+    right in the read callback, if nothing is queued ahead of it, so order is
+    kept. Every other frame (control frames, fragments, oversized or malformed
+    ones, frames before the handler started) is fed, whole, to websockets'
+    own parser, which therefore always sits at a frame boundary.
+    """
+
+    on_frame: Callable[[str | bytes], None] | None = None
+    _pending: bytes | bytearray = b""  # the start of a frame not fully received yet
+    _aligned = True  # False once websockets' parser may hold part of a frame: then it gets all bytes
+    _request = b""  # bytes received during the handshake
+
+    def data_received(self, data: bytes) -> None:
+        proto = self.protocol
+        if not self._aligned or proto.state is not State.OPEN or proto.extensions:
+            if proto.state is State.CONNECTING and self._aligned:
+                # A client may not send frames before the 101 response; if one did, its bytes
+                # went to websockets with the request, so leave the whole stream to websockets.
+                self._request += data
+                head = self._request.find(b"\r\n\r\n")
+                if head != -1 and head + 4 < len(self._request):
+                    self._aligned = False
+            super().data_received(data)
+            return
+        self._request = b""
+        buf = self._pending + data if self._pending else data
+        size, pos, max_size = len(buf), 0, proto.max_message_size
+        if proto.max_fragment_size is not None:
+            max_size = proto.max_fragment_size if max_size is None else min(max_size, proto.max_fragment_size)
+        while size - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            length, head = b1 & 0x7F, pos + 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), pos + 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10
+            if max_size is not None and length > max_size:
+                # websockets fails it with 1009 at once, without buffering the payload.
+                self._aligned = False
+                self._pending = b""
+                super().data_received(bytes(buf[pos:]))
+                return
+            if b1 & 0x80:
+                head += 4
+            end = head + length
+            if end > size:
+                break
+            handler = self.on_frame
+            if (
+                (b0 == 0x81 or b0 == 0x82)  # FIN, no RSV bits, text or binary
+                and b1 & 0x80  # masked, as client frames must be
+                and handler is not None
+                and proto.state is State.OPEN
+                and not proto.expect_continuation_frame
+                and not len(self.recv_messages.frames)
+            ):
+                payload = apply_mask(buf[head:end], buf[head - 4 : head])
+                pos = end
+                self._dispatch(handler, payload, b0 == 0x81)
+            else:
+                super().data_received(bytes(buf[pos:end]))  # one whole frame: the parser stays aligned
+                pos = end
+        self._pending = buf[pos:] if pos < size else b""
+
+    def eof_received(self) -> bool | None:
+        if self._pending and self._aligned:
+            pending, self._pending = self._pending, b""
+            super().data_received(bytes(pending))  # a frame cut short: websockets reports it
+        return super().eof_received()
+
+    def process_event(self, event: Any) -> None:
+        handler = self.on_frame
+        if (
+            handler is None
+            or type(event) is not Frame
+            or not event.fin
+            or (event.opcode is not Opcode.TEXT and event.opcode is not Opcode.BINARY)
+            or len(self.recv_messages.frames)
+        ):
+            super().process_event(event)
+            return
+        self._dispatch(handler, event.data, event.opcode is Opcode.TEXT)
+
+    def _dispatch(self, handler: Callable[[str | bytes], None], payload: bytes, text: bool) -> None:
+        if text:
+            try:
+                data: str | bytes = payload.decode()
+            except UnicodeDecodeError as exc:  # what recv() does with invalid UTF-8
+                self.set_connection_exc(exc)
+                self.protocol.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
+                self.send_data()
+                return
+        else:
+            data = bytes(payload)
+        try:
+            handler(data)
+        except Exception:  # the handler catches its own errors; never break the read callback
+            logging.getLogger("broker").exception("internal error handling a frame")
 
 
 class Conn:
@@ -115,26 +235,27 @@ class Conn:
         self._loop = asyncio.get_running_loop()
         self.sender = self._loop.create_task(self._drain())
 
-    def send(self, data: bytes, bounded: bool = True, wire: bytes | None = None) -> bool:
+    def send(self, data: bytes, bounded: bool = True) -> bool:
         """Hand one frame to this connection without awaiting; False if it could not take it.
 
         ``bounded=False`` skips the slow-consumer bound: a subscribe replay is
         queued whole (it is bounded by the client's outstanding deliveries).
-        ``wire`` is ``data`` already framed (see :func:`wire_frame`), shared by a fan-out.
         """
         if self.closed:
             return False
         ws = self.ws
+        proto = ws.protocol
         if (
             not self.queue
             and not self.sending
-            and ws.protocol.state is State.OPEN
+            and proto.state is State.OPEN
             and ws.transport.get_write_buffer_size() <= self._write_limit
         ):
             try:
-                proto = ws.protocol
-                if wire is not None and not proto.extensions and not proto.expect_continuation_frame:
-                    proto.writes.append(wire)  # what send_text would append, serialized once for all
+                if not proto.extensions and not proto.expect_continuation_frame:
+                    writes = proto.writes  # what send_text would append, without a Frame per recipient
+                    writes.append(text_header(len(data)))
+                    writes.append(data)
                 else:
                     proto.send_text(data)
             except Exception:  # a broken connection fails only itself
@@ -229,6 +350,7 @@ class Broker:
             batch_max=cfg.persist_batch,
             persist_ttl=cfg.persist_ttl,
             db_timeout=cfg.db_timeout,
+            linger=cfg.persist_linger if self.store.durable else 0.0,  # coalescing pays off only for real I/O
         )
         self.conns: dict[str, Conn] = {}
         self.waiters: dict[str, list[Conn]] = {}  # message id -> publishers waiting for persisted
@@ -269,6 +391,7 @@ class Broker:
             max_queue=self.cfg.max_queue,
             server_header=None,
             start_serving=False,
+            create_connection=FastConnection,
         )
         self.port = self.server.sockets[0].getsockname()[1]
 
@@ -432,6 +555,8 @@ class Broker:
         self._arm()
         event("connected", logging.DEBUG, client_id=client_id)
         flawed_publish = bool(self.flaws & {"store-first", "unguarded-fanout"})
+        if not flawed_publish and isinstance(ws, FastConnection):
+            ws.on_frame = lambda data: self._handle(conn, data)
         try:
             while True:
                 try:
@@ -443,6 +568,8 @@ class Broker:
                 else:
                     self._handle(conn, data)
         finally:
+            if isinstance(ws, FastConnection):
+                ws.on_frame = None
             conn.stop()
             if self.conns.get(client_id) is conn:
                 del self.conns[client_id]
@@ -521,12 +648,10 @@ class Broker:
             self.waiters[res.id] = [conn]
             conns = self.conns
             data = res.frame
-            online = res.online or ()
-            wire = wire_frame(data) if len(online) > 1 and not self.cfg.compression else None  # type: ignore[arg-type]
-            for cid in online:
+            for cid in res.online or ():
                 c = conns.get(cid)
                 if c is not None:
-                    c.send(data, True, wire)  # type: ignore[arg-type]
+                    c.send(data)  # type: ignore[arg-type]
             self._flush_ops(size)
             self._arm()
         conn.send(F.published_frame(res.id, frame.ref, res.recipients))
@@ -722,6 +847,7 @@ async def run(cfg: Config) -> int:
             store=cfg.store,
             flaws=sorted(cfg.flaws),
             auth="file" if cfg.auth else "open",
+            loop="uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio",
         )
         await stop.wait()
         event("stopping", reason="signal")

@@ -29,6 +29,7 @@ class PersistenceWriter:
         batch_max: int = 1000,
         persist_ttl: float = 120.0,
         db_timeout: float = 2.0,
+        linger: float = 0.0,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -37,6 +38,7 @@ class PersistenceWriter:
         self.clock = clock
         self.batch_max = batch_max
         self.persist_ttl = persist_ttl
+        self.linger = linger
         # The store enforces its own timeout; this outer one only guards against a store that does not.
         self.deadline = db_timeout * 2 + 1.0
         self.breaker = CircuitBreaker(threshold=3, cooldown=0.5, max_cooldown=5.0)
@@ -105,7 +107,16 @@ class PersistenceWriter:
             if not self.breaker.allow(now):
                 await asyncio.sleep(max(0.0, self.breaker.retry_at() - now))
                 continue
-            count, writes = queue.take(self.batch_max, lookahead=self.batch_max)
+            limit = self.batch_max
+            if self.linger > 0:
+                # Let acks catch up: a message acked before its batch is taken is never written.
+                wait = queue.entries[0].enqueued + self.linger - now
+                if wait > 0 and len(queue) < limit:
+                    await asyncio.sleep(min(wait, self.linger))  # real time: bounded even if the clock is not
+                    now = self.clock()
+                aged = queue.aged(now - self.linger, limit)
+                limit = aged or limit  # nothing old enough (the clock stood still): take what is there
+            count, writes = queue.take(limit, lookahead=self.batch_max)
             try:
                 if writes:
                     async with asyncio.timeout(self.deadline):
