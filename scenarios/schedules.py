@@ -80,6 +80,12 @@ def parse_schedule(text: str, durable: bool = True) -> list[dict[str, Any]]:
     return steps
 
 
+def label(steps: list[dict[str, Any]]) -> str:
+    """A short scenario name that tells schedules apart in a report, e.g. ``schedule pause3 kill``."""
+    parts = [f"{s['op']}{'-' + s['fault'] if 'fault' in s else ''}{s.get('n', '')}" for s in steps]
+    return " ".join(["schedule", *parts]) if parts else "schedule (empty)"
+
+
 def replay_command(
     steps: list[dict[str, Any]], broker_cmd: str | None = None, store: str | None = None
 ) -> str:

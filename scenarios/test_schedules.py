@@ -20,6 +20,7 @@ from chaos.environment import REFERENCE_BROKER_CMD
 from chaos.scenario import ScenarioResult
 from scenarios.schedules import (
     ScheduleError,
+    label,
     parse_schedule,
     replay_command,
     schedule_scenario,
@@ -63,7 +64,7 @@ def test_generated_schedules(run_lab, lab_config, request):
     @given(steps=steps_strategy(lab_config.durable))
     def check(steps):
         note(f"replay: {_replay(steps, lab_config)}")
-        _judge(run_lab(schedule_scenario(steps), name="schedule"), steps, lab_config)
+        _judge(run_lab(schedule_scenario(steps), name=label(steps)), steps, lab_config)
 
     check()
 
@@ -78,4 +79,4 @@ def test_replay_schedule(run_lab, lab_config, request):
         steps = parse_schedule(text, lab_config.durable)
     except ScheduleError as exc:
         pytest.fail(f"bad --schedule: {exc}", pytrace=False)
-    _judge(run_lab(schedule_scenario(steps), name="schedule-replay"), steps, lab_config)
+    _judge(run_lab(schedule_scenario(steps), name=f"replay {label(steps)}"), steps, lab_config)
