@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass
 
 import psutil
 
-from chaos.bench.workload import Workload, percentile
+from chaos.bench.workload import Workload
+from chaos.checkers.verdict import percentile
 from chaos.launcher import BrokerProcess, launch
 
 
@@ -92,8 +93,11 @@ async def _measure(target: str, n: int, seconds: float, half_rate: float | None,
             row.backlog_at_end = load.pub.published - load.pub.persisted
         capacity = rate / n
         latencies = await load.paced(seconds, (half_rate or capacity / 2))
-        row.p50_ms = percentile(latencies, 50) * 1000
-        row.p99_ms = percentile(latencies, 99) * 1000
+        if latencies:  # drain() waited for every delivery, so there are some unless nothing was sent
+            row.p50_ms = percentile(latencies, 50) * 1000
+            row.p99_ms = percentile(latencies, 99) * 1000
+        else:
+            row.p50_ms = row.p99_ms = float("nan")
         if target == "postgres":
             await load.wait_until(lambda: load.pub.persisted + load.pub.persist_failed >= load.pub.sent,
                                   60, "the broker did not report every message persisted")

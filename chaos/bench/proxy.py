@@ -27,6 +27,7 @@ import threading
 import time
 from typing import Any
 
+from chaos.checkers.verdict import percentile
 from chaos.toxiproxy.client import FaultProxy
 from chaos.toxiproxy.server import ToxiproxyProcess, _readline
 
@@ -158,11 +159,6 @@ def measure_download(port: int, total: int) -> float:
         return total / (time.perf_counter() - start) / 1e6
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def _create_proxies(url: str, ports: dict[str, int]) -> dict[str, int]:
     async with FaultProxy.connect(url) as tp:
         out = {}
@@ -190,8 +186,8 @@ def run(round_trips: int, bulk_mb: int, repeats: int) -> dict[str, Any]:
                 up = max(measure_upload(ports["sink"], total) for _ in range(repeats))
                 down = max(measure_download(ports["source"], total) for _ in range(repeats))
                 results[label] = {
-                    "rtt_p50_us": _pct(rtts, 0.50),
-                    "rtt_p99_us": _pct(rtts, 0.99),
+                    "rtt_p50_us": percentile(rtts, 50),
+                    "rtt_p99_us": percentile(rtts, 99),
                     "rtt_mean_us": statistics.fmean(rtts),
                     "upload_mbps": up,
                     "download_mbps": down,

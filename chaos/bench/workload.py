@@ -53,15 +53,6 @@ class PublisherState:
     errors: list[str] = field(default_factory=list)
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile; ``nan`` for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
-
-
 class _LeanClient(asyncio.Protocol):
     """A subscriber or the publisher: sans-I/O websockets under an asyncio protocol."""
 
