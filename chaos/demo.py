@@ -1,21 +1,17 @@
 """``fastport-lab demo``: the lab's parts end to end, in one short story.
 
-It starts an embedded PostgreSQL, launches the reference broker on it from its
-launch command, and drives it with the lab's recording clients: a live
-subscriber gets every message, an offline subscriber's messages survive a
-SIGKILL of the broker and reach it after the restart (hydration). The checkers
-then judge the recorded history, as the chaos suites do, and the verdicts are
-printed with their evidence.
+It opens the lab's environment (embedded PostgreSQL, the fault proxy in front
+of it, the broker started from its launch command) and drives the broker with
+the lab's recording clients: a live subscriber gets every message, an offline
+subscriber's messages survive the nemesis's SIGKILL and restart of the broker
+and reach it afterwards (hydration). The checkers then judge the recorded
+history, as the chaos suites do, and the verdicts are printed with their evidence.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
-import shlex
-import signal
-import sys
 from collections import Counter
 
 from rich.console import Console
@@ -23,30 +19,27 @@ from rich.table import Table
 
 from chaos.checkers import Verdict, check_at_least_once, check_hydration, check_integrity
 from chaos.checkers.facts import Facts
-from chaos.clients import Publisher, Subscriber
+from chaos.environment import Lab, LabConfig, LabConfigError, LabSession
 from chaos.history import History
-from chaos.launcher import LaunchError, launch
-from chaos.postgres import PostgresEnvError, postgres_from_env
+from chaos.launcher import LaunchError
+from chaos.nemesis import Nemesis
+from chaos.postgres import PostgresEnvError
 
-DEFAULT_BROKER = (
-    f"{shlex.quote(sys.executable)} -m broker --host {{host}} --port {{port}}"
-    " --store {store} --dsn {dsn}"
-)
 TOPIC = "orders"
 
 
-async def _story(console: Console, broker_cmd: str, dsn: str, history: History, messages: int) -> None:
+async def _story(console: Console, session: LabSession, config: LabConfig, history: History,
+                 messages: int) -> None:
     say = console.print
-    broker = await asyncio.to_thread(launch, broker_cmd, dsn=dsn, store="postgres", history=history)
-    try:
-        say(f"[bold]1.[/] broker pid {broker.pid} listening on {broker.url}")
-        url = broker.url
-        alice = Subscriber(url, "alice", [TOPIC], history=history)
-        carol = Subscriber(url, "carol", [TOPIC], history=history, ack="never")
-        bob = Publisher(url, "bob", history=history)
-        await alice.start()
-        await carol.start()
-        await bob.start()
+    async with Lab(session, config, name="demo", history=history) as lab:
+        assert lab.broker is not None
+        say(f"[bold]1.[/] broker pid {lab.broker.pid} listening on {lab.url}; its storage goes "
+            "through the fault proxy")
+        alice = lab.subscriber("alice", [TOPIC])
+        carol = lab.subscriber("carol", [TOPIC], ack="never")
+        bob = lab.publisher("bob")
+        for client in (alice, carol, bob):
+            await client.start()
         await carol.close()  # carol's subscription is durable: her deliveries wait for her
         say("[bold]2.[/] alice online, carol subscribed then went offline; bob publishes")
         results = [await bob.publish(TOPIC, {"order": i, "item": f"widget-{i}"}) for i in range(messages)]
@@ -55,26 +48,14 @@ async def _story(console: Console, broker_cmd: str, dsn: str, history: History, 
         await bob.wait_persisted(ids)
         say(f"   published {len(ids)}/{messages}, alice received and acked them, all persisted")
 
-        say(f"[bold]3.[/] SIGKILL broker pid {broker.pid}, restart it on the same port")
-        port, old_pid = broker.port, broker.pid
-        history.append("nemesis", "info", "fault-start", value={"name": "kill", "pid": old_pid})
-        code = await asyncio.to_thread(broker.kill)
-        broker = await asyncio.to_thread(
-            launch, broker_cmd, dsn=dsn, store="postgres", history=history, port=port or 0
-        )
-        history.append("nemesis", "info", "fault-stop", value={
-            "name": "kill", "exit_code": code, "new_pid": broker.pid,
-            "effective": code == -signal.SIGKILL and broker.pid != old_pid,
-        })
-        say(f"   new pid {broker.pid}; carol reconnects and subscribes")
-        carol = Subscriber(url, "carol", [TOPIC], history=history)
+        say(f"[bold]3.[/] SIGKILL broker pid {lab.broker.pid}, restart it on the same port")
+        async with Nemesis(lab).broker_killed():
+            pass
+        say(f"   new pid {lab.broker.pid}; carol reconnects and subscribes")
+        carol = lab.subscriber("carol", [TOPIC])
         await carol.start()
         await carol.wait_received(ids, timeout=15)
         say(f"   carol received all {len(ids)} messages published while she was away")
-        for client in (alice, bob, carol):
-            await client.close()
-    finally:
-        await asyncio.to_thread(broker.terminate)
 
 
 def _print_verdicts(console: Console, history: History, verdicts: list[Verdict]) -> None:
@@ -92,7 +73,7 @@ def _print_verdicts(console: Console, history: History, verdicts: list[Verdict])
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastport-lab demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--broker-cmd", default=DEFAULT_BROKER,
+    parser.add_argument("--broker-cmd", default=None,
                         help="launch command with {host} {port} {dsn} {store} "
                         "(default: the reference broker)")
     parser.add_argument("--messages", type=int, default=5, help="messages to publish (default 5)")
@@ -100,13 +81,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.messages < 1:
         parser.error("--messages must be at least 1")
+    try:
+        config = LabConfig.resolve(args.broker_cmd, "postgres")
+    except LabConfigError as exc:
+        parser.error(str(exc))
     console = Console()
     history = History()
     try:
-        with postgres_from_env() as pg:
-            console.print(f"[bold]0.[/] PostgreSQL ready on {pg.host}:{pg.port}")
-            dsn = pg.create_database(f"fastport_demo_{secrets.token_hex(4)}")
-            asyncio.run(_story(console, args.broker_cmd, dsn, history, args.messages))
+        session = LabSession.open()
+        try:
+            pg = session.pg
+            console.print(f"[bold]0.[/] PostgreSQL ready on {pg.host}:{pg.port}, fault proxy at "
+                          f"{session.toxiproxy_url}")
+            asyncio.run(_story(console, session, config, history, args.messages))
+        finally:
+            session.close()
     except (PostgresEnvError, LaunchError) as exc:
         console.print(f"[red]environment error:[/] {exc}")
         return 3
