@@ -10,12 +10,15 @@ Scenarios never sleep to synchronise: :func:`wait_for` re-evaluates a condition
 after every event appended to the history and raises :class:`HangError` (with
 what is still missing) only when nothing happens for the whole timeout.
 
-The nemesis side lives here too because it needs the client's socket:
-:meth:`Subscriber.abort` cuts the TCP connection (``transport.abort()``, no close
-frame) and :meth:`Subscriber.pause_reading` makes the subscriber a slow consumer
-(it stops reading, so the broker's sends back up). Both record a fault window
-whose ``targets`` name the subscriber, which is how the isolation checker knows
-who is faulty.
+Payloads are recorded as a digest and a length (:mod:`chaos.checkers.digest`),
+not whole: integrity is still checked, and a history of large messages stays small.
+
+Two mechanisms the subscriber faults need live here because they need the
+client's socket: :meth:`Subscriber.abort` cuts the TCP connection
+(``transport.abort()``, no close frame) and :meth:`Subscriber.pause_reading`
+makes the subscriber a slow consumer (it stops reading, so the broker's sends
+back up). They record nothing themselves: the faults of
+:mod:`chaos.faults.subscriber` record their windows, as every fault does.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from chaos.checkers.integrity import payload_checksum
+from chaos.checkers import digest
+from chaos.checkers.digest import payload_checksum
 from chaos.history import History
 
 log = logging.getLogger(__name__)
@@ -365,8 +369,7 @@ class Subscriber(_Client):
         self.subscribed: set[str] = set()  # topics confirmed on the current connection
         self._late: dict[str, asyncio.TimerHandle] = {}  # pending "late" acks by message id
         self._ack_tasks: set[asyncio.Task[None]] = set()
-        self._abort_open = False
-        self._slow_open = False
+        self._paused = False
         self._unsubscribed: dict[str, int] = {}  # topic -> `unsubscribed` answers seen
         self._awaited: list[set[str]] = []  # id sets that wait_received calls still miss
 
@@ -416,15 +419,8 @@ class Subscriber(_Client):
 
     async def _on_disconnected(self) -> None:
         self.subscribed.clear()
-        self._readable.set()
-        if self._slow_open:  # a new connection reads normally again
-            self._slow_open = False
-            self.history.append(
-                "nemesis",
-                "info",
-                "fault-stop",
-                value={"name": "slow-consumer", "reason": "connection closed"},
-            )
+        self._readable.set()  # a new connection reads normally again
+        self._paused = False
 
     async def _on_frame(self, frame: dict[str, Any]) -> None:
         kind = frame["type"]
@@ -443,7 +439,7 @@ class Subscriber(_Client):
                 topic,
                 msg_id,
                 {
-                    "payload": frame.get("payload"),
+                    **digest.record(frame.get("payload")),
                     "attempt": frame.get("attempt"),
                     "published_at": frame.get("published_at"),
                 },
@@ -467,14 +463,6 @@ class Subscriber(_Client):
             if kind == "unsubscribed":
                 self._unsubscribed[topic] = self._unsubscribed.get(topic, 0) + 1
             self.record("ok", "subscribe" if kind == "subscribed" else "unsubscribe", topic)
-            if self._abort_open and set(self.topics) <= self.subscribed:
-                self._abort_open = False
-                self.history.append(
-                    "nemesis",
-                    "info",
-                    "fault-stop",
-                    value={"name": "subscriber-abort", "reason": "resubscribed"},
-                )
         else:
             await super()._on_frame(frame)
 
@@ -516,38 +504,30 @@ class Subscriber(_Client):
     def abort(self) -> bool:
         """Cut the TCP connection without a close frame; the client reconnects (if enabled).
 
-        Records a ``subscriber-abort`` fault window targeting this subscriber that
-        closes when it is resubscribed. False when it was not connected.
+        False when it was not connected. The ``subscriber-cut`` fault records the window.
         """
         ws = self.ws
         if ws is None:
             return False
         self._cause = "abort"
-        if not self._abort_open:
-            self._abort_open = True
-            self.history.append(
-                "nemesis",
-                "info",
-                "fault-start",
-                value={"name": "subscriber-abort", "targets": [self.client_id], "effective": True},
-            )
         ws.transport.abort()
         return True
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     def pause_reading(self) -> bool:
-        """Stop reading from the socket (slow consumer) until :meth:`resume_reading`; records the window."""
+        """Stop reading from the socket (slow consumer) until :meth:`resume_reading`.
+
+        False when not connected or already paused. The ``subscriber-slow`` fault records the window.
+        """
         ws = self.ws
-        if ws is None or self._slow_open:
+        if ws is None or self._paused:
             return False
         self._readable.clear()
         ws.transport.pause_reading()
-        self._slow_open = True
-        self.history.append(
-            "nemesis",
-            "info",
-            "fault-start",
-            value={"name": "slow-consumer", "targets": [self.client_id], "effective": True},
-        )
+        self._paused = True
         return True
 
     def resume_reading(self) -> None:
@@ -555,12 +535,10 @@ class Subscriber(_Client):
         self._readable.set()
         if ws is not None:
             ws.transport.resume_reading()
-        if self._slow_open:
-            self._slow_open = False
-            self.history.append("nemesis", "info", "fault-stop", value={"name": "slow-consumer"})
+        self._paused = False
 
     async def _before_close(self) -> None:
-        if self._slow_open:  # a paused socket could not read the close handshake
+        if self._paused:  # a paused socket could not read the close handshake
             self.resume_reading()
 
     async def _after_close(self) -> None:
@@ -571,17 +549,14 @@ class Subscriber(_Client):
             t.cancel()
         if self._ack_tasks:
             await asyncio.gather(*self._ack_tasks, return_exceptions=True)
-        if self._abort_open:
-            self._abort_open = False
-            self.history.append(
-                "nemesis", "info", "fault-stop", value={"name": "subscriber-abort", "reason": "client closed"}
-            )
-        if self._slow_open:
+        if self._paused:
             self.resume_reading()
 
 
 @dataclass(frozen=True, slots=True)
-class PublishResult:
+class PublishAnswer:
+    """The broker's answer to one publish, as the publisher saw it."""
+
     id: str
     status: Literal["published", "refused", "timeout", "closed"]
     recipients: int | None = None
@@ -606,7 +581,7 @@ class Publisher(_Client):
         super().__init__(url, client_id, history=history, **kwargs)
         self.seq = 0
         self.persisted: dict[str, str] = {}  # id -> "persisted" | "persist_failed"
-        self._pending: dict[str, tuple[dict[str, Any], asyncio.Future[PublishResult]]] = {}
+        self._pending: dict[str, tuple[dict[str, Any], asyncio.Future[PublishAnswer]]] = {}
         self.topics_by_id: dict[str, str] = {}  # every id published, for answers that come late
 
     def next_id(self) -> str:
@@ -616,7 +591,7 @@ class Publisher(_Client):
 
     async def publish(
         self, topic: str, payload: Any = None, id: str | None = None, *, timeout: float = 10.0
-    ) -> PublishResult:
+    ) -> PublishAnswer:
         """Publish and wait for ``published`` (or an error); never raises on broker trouble.
 
         Status ``timeout`` when no answer came within *timeout* (recorded as ``info publish``),
@@ -642,17 +617,17 @@ class Publisher(_Client):
             "sha256": checksum,
         }
         frame = {"type": "publish", "topic": topic, "payload": body, "id": msg_id, "ref": msg_id}
-        fut: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[PublishAnswer] = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = (frame, fut)
         self.topics_by_id[msg_id] = topic
-        self.record("invoke", "publish", topic, msg_id, {"payload": body})
+        self.record("invoke", "publish", topic, msg_id, digest.record(body))
         try:
             async with asyncio.timeout(timeout):
                 await self.send(frame)  # if not connected, _on_connected sends it
                 return await fut
         except TimeoutError:
             self.record("info", "publish", topic, msg_id, {"reason": f"no answer within {timeout}s"})
-            return PublishResult(msg_id, "timeout")
+            return PublishAnswer(msg_id, "timeout")
         finally:
             self._pending.pop(msg_id, None)
 
@@ -669,7 +644,7 @@ class Publisher(_Client):
             topic = self.topics_by_id.get(msg_id) if isinstance(msg_id, str) else None
             self.record("ok", "publish", topic, msg_id, {"recipients": frame.get("recipients")})
             if entry is not None and not entry[1].done():
-                entry[1].set_result(PublishResult(msg_id, "published", frame.get("recipients")))
+                entry[1].set_result(PublishAnswer(msg_id, "published", frame.get("recipients")))
         elif kind in ("persisted", "persist_failed") and isinstance(msg_id, str):
             self.persisted[msg_id] = kind
             topic = self.topics_by_id.get(msg_id) if isinstance(msg_id, str) else None
@@ -683,7 +658,7 @@ class Publisher(_Client):
             self.last_error = frame
             self.record("fail", "publish", entry[0]["topic"], frame["ref"], error)
             if not entry[1].done():
-                entry[1].set_result(PublishResult(frame["ref"], "refused", error=error))
+                entry[1].set_result(PublishAnswer(frame["ref"], "refused", error=error))
         else:
             await super()._on_frame(frame)
 
@@ -701,4 +676,4 @@ class Publisher(_Client):
     async def _after_close(self) -> None:
         for msg_id, (_, fut) in list(self._pending.items()):
             if not fut.done():
-                fut.set_result(PublishResult(msg_id, "closed"))
+                fut.set_result(PublishAnswer(msg_id, "closed"))

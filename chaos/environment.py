@@ -11,11 +11,8 @@ inherit another's state:
   through that proxy. Everything it made is torn down on exit, also on failure or
   Ctrl-C, and the exit checks that no broker process survived.
 
-The broker is known only by its launch command (PROTOCOL.md section 4), so the
-same scenarios run against the reference broker, one of its ``--flaw`` variants,
-or a user's broker. :class:`LabConfig` resolves that command and the store from
-explicit values, then ``FASTPORT_LAB_BROKER_CMD`` / ``FASTPORT_LAB_STORE``, then
-the defaults; pytest options and a CLI both just fill it in.
+What is tested (the broker command, the store, the intensity) is a
+:class:`chaos.config.LabConfig`.
 """
 
 from __future__ import annotations
@@ -24,98 +21,20 @@ import asyncio
 import contextlib
 import os
 import secrets
-import shlex
-import sys
-import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from chaos.checkers.facts import Facts
 from chaos.clients import Publisher, Subscriber
+from chaos.config import ENV_RUN_DIR, LabConfig, run_root
 from chaos.history import History
-from chaos.launcher import STORES, BrokerProcess, render_command
+from chaos.launcher import BrokerUnderTest
 from chaos.postgres import EmbeddedPostgres, PostgresServer, postgres_from_env
+from chaos.progress import ProgressWriter
+from chaos.progress import attach as attach_progress
 from chaos.toxiproxy.client import FaultProxy, NotFound, Proxy
-
-ROOT = Path(__file__).resolve().parents[1]
-ENV_BROKER_CMD = "FASTPORT_LAB_BROKER_CMD"
-ENV_STORE = "FASTPORT_LAB_STORE"
-ENV_RUN_DIR = "FASTPORT_LAB_RUN_DIR"
-REFERENCE_BROKER_CMD = (
-    shlex.join([sys.executable, "-m", "broker"]) + " --host {host} --port {port} --store {store} --dsn {dsn}"
-)
-FLAWS = ("store-first", "unguarded-fanout", "no-hydrate")
-
-
-class LabConfigError(ValueError):
-    """The broker command or store is unusable; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class LabConfig:
-    """What to test: the broker's launch command and the store it runs with."""
-
-    broker_cmd: str = REFERENCE_BROKER_CMD
-    store: str = "postgres"
-    ready_timeout: float = 30.0  # a broker that neither listens nor exits by then is a hang
-    cwd: str = str(ROOT)  # `python -m broker` resolves from the checkout
-
-    def __post_init__(self) -> None:
-        if self.store not in STORES:
-            raise LabConfigError(f"store must be one of {', '.join(STORES)}, got {self.store!r}")
-        try:
-            render_command(self.broker_cmd, port=0, dsn="postgresql://lab@127.0.0.1:1/x", store=self.store)
-        except ValueError as exc:
-            raise LabConfigError(f"unusable broker command: {exc}") from None
-        if not any("{port}" in t for t in shlex.split(self.broker_cmd)):
-            raise LabConfigError(
-                f"broker command {self.broker_cmd!r} has no {{port}} placeholder: the lab must choose "
-                "the port (PROTOCOL.md section 4) so that runs never collide"
-            )
-
-    @classmethod
-    def resolve(
-        cls,
-        broker_cmd: str | None = None,
-        store: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> LabConfig:
-        """Explicit values win, then ``FASTPORT_LAB_BROKER_CMD`` / ``FASTPORT_LAB_STORE``, then defaults."""
-        env = os.environ if env is None else env
-        cmd = (broker_cmd or env.get(ENV_BROKER_CMD) or "").strip() or REFERENCE_BROKER_CMD
-        st = (store or env.get(ENV_STORE) or "").strip() or "postgres"
-        return cls(broker_cmd=cmd, store=st)
-
-    @property
-    def is_reference(self) -> bool:
-        """The reference broker (``python -m broker``), whose store schema the lab may read."""
-        toks = shlex.split(self.broker_cmd)
-        return any(a == "-m" and b == "broker" for a, b in zip(toks, toks[1:], strict=False))
-
-    @property
-    def durable(self) -> bool:
-        return self.store == "postgres"
-
-    def with_flaw(self, flaw: str) -> LabConfig:
-        """The reference broker with one ``--flaw`` (for the flaw matrix)."""
-        if not self.is_reference:
-            raise LabConfigError("flaw variants exist only for the reference broker")
-        if flaw not in FLAWS:
-            raise LabConfigError(f"unknown flaw {flaw!r}; choose from {', '.join(FLAWS)}")
-        return replace(self, broker_cmd=f"{self.broker_cmd} --flaw {flaw}")
-
-
-def run_root(env: Mapping[str, str] | None = None) -> Path:
-    """Where run folders go: ``$FASTPORT_LAB_RUN_DIR`` or a fresh temp dir (kept for the user to read)."""
-    env = os.environ if env is None else env
-    given = env.get(ENV_RUN_DIR, "").strip()
-    if given:
-        path = Path(given).expanduser()
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    return Path(tempfile.mkdtemp(prefix="fastport-lab-"))
 
 
 class LabSession:
@@ -221,11 +140,21 @@ class Lab:
         self.dsn: str | None = None  # through the fault proxy (what the broker gets)
         self.proxy: Proxy | None = None
         self.api = FaultProxy(self.session.toxiproxy_url)
-        self.broker: BrokerProcess | None = None
-        self.brokers: list[BrokerProcess] = []
+        self.broker: BrokerUnderTest | None = None
+        self.brokers: list[BrokerUnderTest] = []
         self.port: int | None = None
         self.clients: list[Publisher | Subscriber] = []
         self.notes: dict[str, Any] = {}  # free-form facts a scenario wants in its run folder
+        self.progress: ProgressWriter | None = None
+
+    def attach_progress(self) -> ProgressWriter | None:
+        """Report this lab's progress to ``fastport-lab run``'s live display, when it asked for it."""
+        self.progress = attach_progress(self.history, self.name)
+        return self.progress
+
+    def facts(self) -> Facts:
+        """What the checkers derive from the history so far (build once, pass to several checkers)."""
+        return Facts(self.history)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -268,10 +197,10 @@ class Lab:
 
     # --- broker ----------------------------------------------------------------------------------
 
-    async def start_broker(self, port: int | None = None, name: str = "broker") -> BrokerProcess:
+    async def start_broker(self, port: int | None = None, name: str = "broker") -> BrokerUnderTest:
         """Start (or restart, on the same port by default) the broker; raises LaunchError if it fails."""
         want = port if port is not None else (self.port or 0)
-        b = BrokerProcess(
+        b = BrokerUnderTest(
             self.config.broker_cmd,
             history=self.history,
             name=name,

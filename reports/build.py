@@ -2,7 +2,8 @@
 
 Everything here reads the results dict only (see ``reports.record``), so
 :func:`rebuild` re-judges a finished run against today's gate.toml and
-re-renders it without its histories. HTML comes from jinja2 templates in
+re-renders it without its histories. :func:`finish` is the end of a run: it
+takes the recorder's results, judges them and writes the folder. HTML comes from jinja2 templates in
 ``reports/templates``; figures from ``reports.plots``.
 """
 
@@ -11,15 +12,35 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from chaos.checkers.verdict import is_not_applicable
 from reports import plots
-from reports.judge import GateConfig, is_not_applicable
+from reports.judge import GateConfig, GateOutcome, judge_results
 from reports.junit import build_junit
-from reports.record import RunFormatError, RunReport, judge_results, read_results
+from reports.record import RunFormatError, RunRecorder, read_results
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What :func:`finish` wrote, and the gate's outcome."""
+
+    run_dir: Path
+    results: dict[str, Any]
+    outcome: GateOutcome
+
+    @property
+    def exit_code(self) -> int:
+        return self.outcome.exit_code
+
+    @property
+    def html(self) -> Path:
+        return self.run_dir / "index.html"
+
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 MAX_RUNS_LISTED = 500
@@ -110,6 +131,14 @@ def write_run(run_dir: Path, results: dict[str, Any], config: GateConfig) -> Run
     return RunReport(run_dir, results, outcome)
 
 
+def finish(
+    recorder: RunRecorder, config: GateConfig | None = None, *, environment_error: str | None = None
+) -> RunReport:
+    """Judge the recorder's run and write results.json, junit.xml, index.html and the runs index."""
+    recorder.sealed = True
+    return write_run(recorder.run_dir, recorder.results(environment_error), config or GateConfig())
+
+
 def rebuild(run_dir: str | Path, config: GateConfig) -> RunReport:
     """Re-judge a finished run folder against *config* and re-render its artefacts."""
     run_dir = Path(run_dir)
@@ -129,7 +158,7 @@ def run_summary(results: Mapping[str, Any], folder: Path) -> dict[str, Any]:
     for s in results.get("scenarios", []):
         if (s.get("meta") or {}).get("flaw"):
             continue  # a flawed broker on purpose: its latency is not the product's trend
-        for w in (s.get("metrics") or {}).get("windows", []):
+        for w in (s.get("phases") or {}).get("windows", []):
             p = (w.get("latency") or {}).get("p99_ms")
             if isinstance(p, (int, float)) and (worst is None or p > worst):
                 worst = p

@@ -1,7 +1,7 @@
 """The gate's judgement of a recorded run: verdicts plus thresholds, pure and re-runnable.
 
-A run's ``results.json`` holds each scenario's verdicts (with evidence) and its
-phase metrics. :func:`judge` turns that into one outcome with an exit code:
+A run's ``results.json`` holds each scenario's verdicts with their evidence.
+:func:`judge` turns that into one outcome with an exit code:
 
 * ``0`` pass: every applicable verdict passed and no threshold was crossed;
 * ``1`` fail: an invariant was violated, a threshold of ``gate.toml`` was crossed,
@@ -10,10 +10,11 @@ phase metrics. :func:`judge` turns that into one outcome with an exit code:
   (``[gate] unknown = "warn"`` turns this into 0 with a warning);
 * ``3`` environment error: the suites could not run (decided by the caller).
 
-The thresholds re-judge evidence the checkers already recorded (latency p99 per
-fault window, duplicate ratio, start-up exit time) and the report's phase metrics
-(recovery and hydration times), so a team can tighten budgets without touching
-the checkers, and re-judge an old run (``fastport-lab gate --from RUN_DIR``).
+The thresholds re-judge only evidence the checkers recorded (latency p99 per
+fault window, the baseline p99 and recovery times of the ``recovery`` verdict,
+hydration times, the duplicate ratio, the start-up exit time), so a team can
+tighten budgets without touching the checkers, and re-judge an old run
+(``fastport-lab gate --from RUN_DIR``). Nothing is measured here.
 """
 
 from __future__ import annotations
@@ -24,11 +25,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chaos.checkers.availability import NAME as AVAILABILITY
+from chaos.checkers.duplicates import NAME as DUPLICATES
+from chaos.checkers.hydration import HYDRATION
+from chaos.checkers.isolation import NAME as ISOLATION
+from chaos.checkers.recovery import NAME as RECOVERY
+from chaos.checkers.startup import NAME as STARTUP
+from chaos.checkers.verdict import is_not_applicable
+
 EXIT_PASS, EXIT_FAIL, EXIT_UNKNOWN, EXIT_ENV = 0, 1, 2, 3
-NOT_APPLICABLE = "not-applicable"  # evidence key set by chaos.scenario.not_applicable()
-LATENCY_CHECKERS = ("availability-under-storage-faults", "isolation")
-DUPLICATES = "duplicates-and-order"
-STARTUP = "start-up-port-taken"
+LATENCY_CHECKERS = (AVAILABILITY, ISOLATION)
 
 
 class GateConfigError(ValueError):
@@ -150,20 +156,16 @@ class GateOutcome:
         }
 
 
-def is_not_applicable(verdict: Mapping[str, Any]) -> bool:
-    ev = verdict.get("evidence")
-    return verdict.get("status") == "unknown" and isinstance(ev, Mapping) and bool(ev.get(NOT_APPLICABLE))
-
-
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def findings_for(scenario: Mapping[str, Any], th: Thresholds) -> Iterator[Finding]:
-    """Every threshold this scenario's evidence and metrics cross."""
+    """Every threshold this scenario's recorded evidence crosses."""
     name = scenario.get("name", "?")
     verdicts = {v.get("name"): v for v in scenario.get("verdicts", [])}
-    metrics = scenario.get("metrics") or {}
+    recovery = (verdicts.get(RECOVERY) or {}).get("evidence") or {}
+    hydration = (verdicts.get(HYDRATION) or {}).get("evidence") or {}
 
     def crossed(key: str, value: float | None, limit: float | None, source: str, what: str) -> Finding | None:
         if value is None or limit is None or value <= limit:
@@ -186,12 +188,12 @@ def findings_for(scenario: Mapping[str, Any], th: Thresholds) -> Iterator[Findin
             )
             if f:
                 yield f
-    base = _num((metrics.get("baseline") or {}).get("p99_ms"))
+    base = _num((recovery.get("baseline") or {}).get("p99_ms"))
     f = crossed(
         "baseline_p99_ms",
         base,
         th.baseline_p99_ms,
-        "metrics.baseline.p99_ms",
+        f"{RECOVERY}.evidence.baseline.p99_ms",
         "p99 latency without faults was",
     )
     if f:
@@ -203,7 +205,7 @@ def findings_for(scenario: Mapping[str, Any], th: Thresholds) -> Iterator[Findin
     f = crossed("max_duplicate_ratio", ratio, th.max_duplicate_ratio, src, "duplicate delivery ratio was")
     if f:
         yield f
-    for w in metrics.get("windows", []):
+    for w in recovery.get("windows", []):
         if w.get("effective") is False:
             continue
         label = f"{w.get('name')} at t={w.get('start_s')}s"
@@ -211,17 +213,20 @@ def findings_for(scenario: Mapping[str, Any], th: Thresholds) -> Iterator[Findin
             "max_recovery_s",
             _num(w.get("recovery_s")),
             th.max_recovery_s,
-            f"metrics.windows[{w.get('name')}].recovery_s",
+            f"{RECOVERY}.evidence.windows[{w.get('name')}].recovery_s",
             f"recovery after {label} took",
         )
         if f:
             yield f
+    for c in hydration.get("crashes", []):
+        if c.get("effective") is False:
+            continue
         f = crossed(
             "max_hydration_s",
-            _num(w.get("hydration_s")),
+            _num(c.get("redelivery_s")),
             th.max_hydration_s,
-            f"metrics.windows[{w.get('name')}].hydration_s",
-            f"redelivering what was owed after {label} took",
+            f"{HYDRATION}.evidence.crashes[{c.get('name')}].redelivery_s",
+            f"redelivering what was owed after {c.get('name')} at t={c.get('start_s')}s took",
         )
         if f:
             yield f
@@ -315,3 +320,11 @@ def judge(results: Mapping[str, Any], config: GateConfig) -> GateOutcome:
             return GateOutcome("pass", EXIT_PASS, f"passed with warnings: {msg}", outs, [msg])
         return GateOutcome("unknown", EXIT_UNKNOWN, msg, outs)
     return GateOutcome("pass", EXIT_PASS, f"all {len(outs)} scenario(s) held their invariants.", outs)
+
+
+def judge_results(results: Mapping[str, Any], config: GateConfig) -> GateOutcome:
+    """The gate's outcome, with an environment error taking precedence over any verdict."""
+    err = results.get("environment_error")
+    if err:
+        return GateOutcome("error", EXIT_ENV, f"environment error: {err}", [])
+    return judge(results, config)

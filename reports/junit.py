@@ -15,7 +15,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Any
 
-from reports.judge import GateConfig, GateOutcome, is_not_applicable
+from chaos.checkers.verdict import is_not_applicable
+from reports.judge import GateConfig, GateOutcome
 
 MAX_TEXT = 20_000
 

@@ -4,8 +4,8 @@ The scenario side calls one small interface and knows nothing of HTML::
 
     recorder = RunRecorder(command=sys.argv, broker_cmd=cfg.broker_cmd, store=cfg.store, seed=seed)
     recorder.add_scenario("storage_faults", 1, history, verdicts, {"nodeid": "scenarios/...::test_x"})
-    # or, with a chaos.scenario.ScenarioResult:  recorder.add_result(result, fmea=1)
-    report = recorder.finish()           # judges, writes everything, returns RunReport
+    # or, with a chaos.runner.ScenarioResult:  recorder.add_result(result, fmea=1)
+    report = reports.build.finish(recorder)   # judges, writes everything, returns RunReport
     sys.exit(report.exit_code)
 
 ``reports/runs/<run-id>/`` then holds, per scenario, ``<slug>/history.jsonl``
@@ -15,10 +15,11 @@ seed, the command that reproduces it, the gate's outcome), ``junit.xml``,
 ``index.html`` and ``plotly.min.js`` (so the report opens offline). The parent of
 the runs folder gets ``index.html``, the list of past runs with a trend.
 
-The history is reduced to metrics when it is added (``reports.metrics``), so
-the recorder holds bounded data however long the run, and ``results.json`` is
-all the report builder needs: a run is re-judged and re-rendered without
-re-reading its histories.
+The history is reduced to a bounded timeline when it is added
+(``reports.timeline``), so the recorder holds bounded data however long the
+run; the phase table comes from the ``recovery`` and ``hydration`` verdicts'
+evidence, and ``results.json`` is all the report builder needs: a run is
+re-judged and re-rendered without re-reading its histories.
 """
 
 from __future__ import annotations
@@ -30,50 +31,29 @@ import shlex
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from chaos.checkers.availability import NAME as AVAILABILITY
 from chaos.checkers.facts import Facts
+from chaos.checkers.hydration import HYDRATION, NO_ZOMBIE
+from chaos.checkers.isolation import NAME as ISOLATION
+from chaos.checkers.recovery import NAME as RECOVERY
+from chaos.checkers.startup import NAME as STARTUP
 from chaos.history import History
-from reports import metrics
+from reports import timeline
 from reports.envinfo import environment
-from reports.judge import EXIT_ENV, GateConfig, GateOutcome, judge
 
 FORMAT = "fastport-run"
 VERSION = 1
-ROOT_DIR = Path(__file__).resolve().parents[1]  # the checkout: pytest runs the suites from here
-DEFAULT_ROOT = Path(__file__).resolve().parent / "runs"
+DEFAULT_ROOT = Path("reports") / "runs"  # relative to the current directory: runs stay with the project
 # Which FMEA mode a checker's verdict speaks to, for scenarios recorded without one.
-FMEA_OF_CHECKER = {
-    "availability-under-storage-faults": 1,
-    "isolation": 2,
-    "hydration": 3,
-    "no-zombie": 3,
-    "start-up-port-taken": 4,
-}
+FMEA_OF_CHECKER = {AVAILABILITY: 1, ISOLATION: 2, HYDRATION: 3, NO_ZOMBIE: 3, STARTUP: 4}
 
 
 class RunFormatError(ValueError):
     """A run folder's results.json is missing or malformed; the message names the file."""
-
-
-@dataclass(frozen=True)
-class RunReport:
-    """What :meth:`RunRecorder.finish` wrote, and the gate's outcome."""
-
-    run_dir: Path
-    results: dict[str, Any]
-    outcome: GateOutcome
-
-    @property
-    def exit_code(self) -> int:
-        return self.outcome.exit_code
-
-    @property
-    def html(self) -> Path:
-        return self.run_dir / "index.html"
 
 
 def new_run_id(now: float | None = None) -> str:
@@ -94,6 +74,21 @@ def _verdict_dict(v: Any) -> dict[str, Any]:
     # evidence must survive JSON: anything else is shown as its repr rather than breaking the run folder
     d["evidence"] = json.loads(json.dumps(d["evidence"], default=repr, allow_nan=False))
     return d
+
+
+def phases_of(verdicts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The phase table (baseline, then each fault window) from the recovery and hydration evidence."""
+    by_name = {v["name"]: v for v in verdicts}
+    rec = by_name.get(RECOVERY)
+    if rec is None or not isinstance(rec.get("evidence"), dict) or "windows" not in rec["evidence"]:
+        return None
+    ev = rec["evidence"]
+    hyd = {
+        c.get("start_s"): c.get("redelivery_s")
+        for c in (by_name.get(HYDRATION, {}).get("evidence") or {}).get("crashes", [])
+    }
+    windows = [dict(w, hydration_s=hyd.get(w.get("start_s"))) for w in ev["windows"]]
+    return {"baseline": ev.get("baseline") or {}, "windows": windows}
 
 
 def _fmea_of(fmea: int | str | None, verdicts: Iterable[Mapping[str, Any]]) -> int | str | None:
@@ -148,7 +143,7 @@ class RunRecorder:
         self._scenarios: list[dict[str, Any]] = []
         self._slugs: set[str] = set()
         self._lock = threading.Lock()
-        self.finished: RunReport | None = None
+        self.sealed = False  # results taken for writing: no more scenarios
 
     def add_scenario(
         self,
@@ -174,7 +169,7 @@ class RunRecorder:
             raise ValueError(f"scenario name must be a non-empty string, got {name!r}")
         if not isinstance(history, History):
             raise TypeError(f"history must be a chaos.history.History, got {type(history).__name__}")
-        if self.finished is not None:
+        if self.sealed:
             raise RuntimeError("the run is finished; start a new RunRecorder")
         vs = [_verdict_dict(v) for v in verdicts]
         meta = json.loads(json.dumps(dict(meta or {}), default=repr))
@@ -207,9 +202,10 @@ class RunRecorder:
                 meta, self.broker_cmd if meta.get("flaw") and self.broker_cmd else broker_cmd, store
             ),
             "verdicts": vs,
-            "metrics": metrics.phases(history, facts),
-            "timeline": metrics.timeline(history, facts),
-            "events_notable": metrics.notable_events(history),
+            "phases": phases_of(vs),
+            "totals": timeline.counts(history, facts),
+            "timeline": timeline.timeline(history, facts),
+            "events_notable": timeline.notable_events(history),
         }
         with self._lock:
             self._scenarios.append(record)
@@ -254,24 +250,6 @@ class RunRecorder:
             "environment_error": environment_error,
             "scenarios": scenarios,
         }
-
-    def finish(self, config: GateConfig | None = None, *, environment_error: str | None = None) -> RunReport:
-        """Judge the run and write results.json, junit.xml, index.html and the runs index."""
-        from reports.build import write_run  # the HTML side imports jinja2/plotly: only when writing
-
-        if self.finished is not None:
-            return self.finished
-        results = self.results(environment_error)
-        self.finished = write_run(self.run_dir, results, config or GateConfig())
-        return self.finished
-
-
-def judge_results(results: Mapping[str, Any], config: GateConfig) -> GateOutcome:
-    """The gate's outcome, with an environment error taking precedence over any verdict."""
-    err = results.get("environment_error")
-    if err:
-        return GateOutcome("error", EXIT_ENV, f"environment error: {err}", [])
-    return judge(results, config)
 
 
 def read_results(run_dir: str | Path) -> dict[str, Any]:

@@ -4,21 +4,20 @@ Reproducible: examples are derandomized (the same schedules on every run and in 
 ``FASTPORT_LAB_SCHEDULE_EXAMPLES`` changes how many are drawn (default 10). A failure
 prints the smallest failing schedule and the command that replays it::
 
-    pytest scenarios/test_schedules.py --schedule '[{"op":"kill"},{"op":"cut","n":3}]'
+    pytest scenarios/test_schedules.py --schedule '[{"op":"broker-kill","n":0},{"op":"subscriber-cut","n":3}]'
 
-(``FASTPORT_LAB_SCHEDULE`` does the same as ``--schedule``.)
+(``FASTPORT_LAB_SCHEDULE`` does the same as ``--schedule``.) The steps and the
+strategy are :mod:`chaos.suites.schedules`.
 """
-
-from __future__ import annotations
 
 import os
 
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 
-from chaos.environment import REFERENCE_BROKER_CMD
-from chaos.scenario import ScenarioResult
-from scenarios.schedules import (
+from chaos.config import REFERENCE_BROKER_CMD
+from chaos.runner import ScenarioResult
+from chaos.suites.schedules import (
     ScheduleError,
     label,
     parse_schedule,
@@ -64,7 +63,8 @@ def test_generated_schedules(run_lab, lab_config, request):
     @given(steps=steps_strategy(lab_config.durable))
     def check(steps):
         note(f"replay: {_replay(steps, lab_config)}")
-        _judge(run_lab(schedule_scenario(steps), name=label(steps)), steps, lab_config)
+        result = run_lab(schedule_scenario(steps), name=label(steps), meta={"schedule": steps})
+        _judge(result, steps, lab_config)
 
     check()
 
@@ -79,4 +79,8 @@ def test_replay_schedule(run_lab, lab_config, request):
         steps = parse_schedule(text, lab_config.durable)
     except ScheduleError as exc:
         pytest.fail(f"bad --schedule: {exc}", pytrace=False)
-    _judge(run_lab(schedule_scenario(steps), name=f"replay {label(steps)}"), steps, lab_config)
+    _judge(
+        run_lab(schedule_scenario(steps), name=f"replay {label(steps)}", meta={"schedule": steps}),
+        steps,
+        lab_config,
+    )

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from chaos.gate import UsageError
-from chaos.run import SUITES, suite_paths
-from reports.record import ROOT_DIR
+from chaos.suites import SUITES
+from fastport_lab.gate import UsageError
+from fastport_lab.run import suite_paths
+
+ROOT_DIR = Path(__file__).resolve().parents[1]
 
 
-def test_short_names_map_to_suite_files() -> None:
-    assert suite_paths(["storage", "fmea3"]) == [SUITES["storage"], SUITES["crash"]]
-    for path in SUITES.values():
-        assert (ROOT_DIR / path).is_file(), path
+def test_short_names_map_to_suite_modules(monkeypatch) -> None:
+    assert suite_paths(["storage", "fmea3"]) == [SUITES["storage"].module, SUITES["crash"].module]
+    for suite in SUITES.values():
+        assert importlib.util.find_spec(suite.module) is not None, suite.module
+    monkeypatch.chdir(ROOT_DIR)
     assert suite_paths(["scenarios/test_fmea4_port.py::test_port_conflict"]) == [
         "scenarios/test_fmea4_port.py::test_port_conflict"
     ]
@@ -28,7 +33,7 @@ def test_short_names_map_to_suite_files() -> None:
 
 
 def _run(*args: str, tty: bool = False) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "chaos.cli", "run", *args]
+    cmd = [sys.executable, "-m", "fastport_lab.cli", "run", *args]
     if tty:  # a pseudo-terminal, so that the live display is on
         cmd = ["script", "-qec", " ".join(cmd), "/dev/null"]
     env = {**os.environ, "COLUMNS": "160"}

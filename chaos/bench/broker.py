@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass
 import psutil
 
 from chaos.bench.workload import Workload
-from chaos.checkers.verdict import percentile
-from chaos.launcher import BrokerProcess, launch
+from chaos.checkers.stats import percentile
+from chaos.launcher import BrokerUnderTest, launch
 
 
 @dataclass
@@ -63,7 +63,7 @@ def _command(target: str, dsn: str | None) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def _server(target: str, dsn: str | None) -> AsyncIterator[BrokerProcess]:
+async def _server(target: str, dsn: str | None) -> AsyncIterator[BrokerUnderTest]:
     """Start a server in its own process and always reap it."""
     proc = await asyncio.to_thread(launch, _command(target, dsn), dsn=dsn,
                                   store="memory" if target == "relay" else target, name=target)

@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any
 
-from chaos.checkers.verdict import percentile
+from chaos.checkers.stats import percentile
 from chaos.toxiproxy.client import FaultProxy
 from chaos.toxiproxy.server import ToxiproxyProcess, _readline
 

@@ -2,26 +2,22 @@
 
 Deliveries to online subscribers of messages published while a storage fault is
 active must all arrive, with p99 publish-to-deliver latency within
-``factor x baseline p99 + slack`` (default 2x + 50 ms). Unknown when no storage
-fault window exists, a window's fault did not take effect (or was not confirmed
-to, its evidence lacks ``"effective": true``), or there are too few samples.
+``factor x baseline p99 + slack`` (default 2x + 50 ms). Storage windows are those
+the nemesis recorded with ``family`` storage. Unknown when no storage fault window
+exists, a window's fault did not take effect (or was not confirmed to: its evidence
+lacks ``"effective": true``), or there are too few samples.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 
-from chaos.checkers.facts import Facts, facts_of
-from chaos.checkers.phases import compare_latency
+from chaos.checkers.facts import Facts, facts_of, is_storage_window
+from chaos.checkers.latency import compare_latency
 from chaos.checkers.verdict import Verdict
-from chaos.history import FaultWindow, History
+from chaos.history import History
 
 NAME = "availability-under-storage-faults"
-
-
-def is_storage_fault(w: FaultWindow) -> bool:
-    """Default selector: names starting ``storage`` or evidence ``"kind": "storage"``."""
-    return w.name.startswith("storage") or w.evidence.get("kind") == "storage"
 
 
 def check_availability(
@@ -38,7 +34,7 @@ def check_availability(
     windows = [
         w
         for w in facts.history.fault_windows()
-        if (w.name in faults if faults is not None else is_storage_fault(w))
+        if (w.name in faults if faults is not None else is_storage_window(w))
     ]
     return compare_latency(
         NAME,

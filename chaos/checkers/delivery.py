@@ -9,7 +9,8 @@ ambiguous and only counted. A lost pair is (message id, recipient) with no
 from __future__ import annotations
 
 from chaos.checkers.facts import Facts, facts_of
-from chaos.checkers.verdict import Verdict, failed, listed, passed, unknown
+from chaos.checkers.stats import listed
+from chaos.checkers.verdict import Verdict, failed, passed, unknown
 from chaos.history import History
 
 NAME = "at-least-once"

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 from chaos.checkers.facts import Facts, facts_of
-from chaos.checkers.verdict import Verdict, failed, listed, passed, unknown
+from chaos.checkers.stats import listed
+from chaos.checkers.verdict import Verdict, failed, passed, unknown
 from chaos.history import History
 
 NAME = "duplicates-and-order"

@@ -11,6 +11,16 @@ published, and the broker decides that instant somewhere between our publish
 * **forbidden** when it surely was not (no subscribe invoked before the publish ok,
   or an ``unsubscribe ok`` before the invoke and no new subscribe since), and
 * **ambiguous** otherwise; ambiguous pairs are counted, never judged.
+
+Fault windows are classified from what the nemesis recorded in them (their
+``family`` and flags such as ``crash``), never from a list of names copied
+between modules: :func:`storage_windows`, :func:`crash_windows`,
+:func:`targeted_windows`. Histories of older lab versions, which carried no
+family, are classified by name.
+
+Payloads are recorded as a digest and a length (``chaos.checkers.digest``),
+not whole, so a history of 300 KB messages stays small; a recorded ``payload``
+is still understood.
 """
 
 from __future__ import annotations
@@ -21,19 +31,20 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from chaos.checkers.digest import recorded_digest
 from chaos.history import Event, FaultWindow, History
 
 INF = math.inf
 
 
 @dataclass(slots=True)
-class Message:
+class PublishedMessage:
     """One message as its publisher saw it (first invoke wins when a publish is retried)."""
 
     id: str
     topic: str | None
     publisher: str
-    payload: Any
+    digest: str | None  # payload digest (see chaos.checkers.digest); None if not recorded
     seq: int  # order of first invoke within its publisher
     invoke_time: float
     ok_time: float | None = None  # the broker answered `published`
@@ -108,7 +119,7 @@ class Facts:
             raise TypeError(f"checkers take a chaos.history.History, got {type(history).__name__}")
         self.history = history
         self.end = history.end
-        self.messages: dict[str, Message] = {}
+        self.messages: dict[str, PublishedMessage] = {}
         seqs: dict[str, int] = defaultdict(int)
         for ev in history.by_f("publish"):
             if ev.id is None:
@@ -116,8 +127,8 @@ class Facts:
             m = self.messages.get(ev.id)
             if ev.type == "invoke":
                 if m is None:
-                    self.messages[ev.id] = Message(
-                        ev.id, ev.topic, ev.process, ev.get("payload"), seqs[ev.process], ev.time
+                    self.messages[ev.id] = PublishedMessage(
+                        ev.id, ev.topic, ev.process, recorded_digest(ev.value), seqs[ev.process], ev.time
                     )
                     seqs[ev.process] += 1
             elif m is not None and ev.type == "ok" and m.ok_time is None:
@@ -172,13 +183,13 @@ class Facts:
 
     # --- questions -------------------------------------------------------
 
-    def published(self) -> list[Message]:
+    def published(self) -> list[PublishedMessage]:
         """Messages the broker answered ``published``, in invoke order."""
         return sorted(
             (m for m in self.messages.values() if m.ok_time is not None), key=lambda m: m.invoke_time
         )
 
-    def recipients(self, m: Message) -> tuple[list[str], list[str]]:
+    def recipients(self, m: PublishedMessage) -> tuple[list[str], list[str]]:
         """(required, ambiguous) recipients of a published message."""
         if m.topic is None:
             return [], []
@@ -208,7 +219,7 @@ class Facts:
         d = self.deliveries.get((client, msg_id))
         return d[0].time if d else None
 
-    def latency(self, m: Message, client: str) -> float:
+    def latency(self, m: PublishedMessage, client: str) -> float:
         """Publish invoke to first delivery in seconds; inf when never delivered."""
         t = self.first_delivery(client, m.id)
         return INF if t is None else t - m.invoke_time
@@ -220,6 +231,34 @@ class Facts:
 def facts_of(history: History | Facts) -> Facts:
     """The shared facts: reuse them when given, else derive them (raises TypeError on anything else)."""
     return history if isinstance(history, Facts) else Facts(history)
+
+
+CRASH_NAMES = ("kill", "crash", "sigkill")  # how histories without a recorded family named crashes
+
+
+def is_storage_window(w: FaultWindow) -> bool:
+    """A fault on the broker's storage: recorded ``family`` storage (or, in old histories, ``kind``/name)."""
+    fam = w.evidence.get("family", w.evidence.get("kind"))
+    return fam == "storage" if fam is not None else w.name.startswith("storage")
+
+
+def is_crash_window(w: FaultWindow) -> bool:
+    """The broker was killed and restarted: recorded ``crash: true`` (old histories: by name)."""
+    crash = w.evidence.get("crash")
+    return crash is True if isinstance(crash, bool) else w.name in CRASH_NAMES
+
+
+def storage_windows(history: History) -> list[FaultWindow]:
+    return [w for w in history.fault_windows() if is_storage_window(w)]
+
+
+def crash_windows(history: History) -> list[FaultWindow]:
+    return [w for w in history.fault_windows() if is_crash_window(w)]
+
+
+def targeted_windows(history: History) -> list[FaultWindow]:
+    """Faults aimed at some clients (their ``targets``): every other client must not notice."""
+    return [w for w in history.fault_windows() if w.targets]
 
 
 def in_any(t: float, windows: list[FaultWindow], end: float) -> FaultWindow | None:

@@ -1,11 +1,13 @@
 """FMEA 3: after a crash, everything persisted and unacked is redelivered, and nothing rots in the store.
 
-Hydration: for each crash window (default names ``kill``, ``crash``, ``sigkill``;
+Hydration: for each crash window (recorded by the nemesis with ``crash: true``;
 start = the kill, end = the broker listening again), each (message, recipient)
 pair whose publisher saw ``persisted`` before the crash, whose recipient was
 surely subscribed when it was published and had not acked it before the crash,
 must be delivered again after the crash, provided the recipient subscribed
-again after the restart (otherwise the pair is counted as unverifiable).
+again after the restart (otherwise the pair is counted as unverifiable). The
+evidence gives, per crash, ``redelivery_s``: from the restart to the last
+redelivery of an owed pair (the gate's ``max_hydration_s`` reads it).
 
 No zombie: fed with a store listing taken at the end of the run (the pending and
 dead deliveries, e.g. ``broker.store.Snapshot.deliveries``), no live delivery may
@@ -19,30 +21,36 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from chaos.checkers.facts import Facts, facts_of
-from chaos.checkers.verdict import Verdict, failed, listed, passed, unknown
+from chaos.checkers.facts import Facts, crash_windows, facts_of
+from chaos.checkers.stats import listed
+from chaos.checkers.verdict import Verdict, failed, passed, unknown
 from chaos.history import FaultWindow, History
 
 HYDRATION = "hydration"
 NO_ZOMBIE = "no-zombie"
-CRASH_FAULTS = ("kill", "crash", "sigkill")
 
 
-def _crashes(facts: Facts, crash_faults: Collection[str]) -> list[FaultWindow]:
+def _crashes(facts: Facts, crash_faults: Collection[str] | None) -> list[FaultWindow]:
+    if crash_faults is None:
+        return crash_windows(facts.history)
     return [w for w in facts.history.fault_windows() if w.name in crash_faults]
 
 
 def check_hydration(
-    history: History | Facts, *, crash_faults: Collection[str] = CRASH_FAULTS, require_effective: bool = True
+    history: History | Facts,
+    *,
+    crash_faults: Collection[str] | None = None,
+    require_effective: bool = True,
 ) -> Verdict:
+    """*crash_faults*: names of the crash windows; default: every window recorded with ``crash: true``."""
     facts = facts_of(history)
     h = facts.history
     crashes = _crashes(facts, crash_faults)
-    ev: dict[str, Any] = {"crash_faults": list(crash_faults), "crashes": []}
+    ev: dict[str, Any] = {"crashes": []}
     if not crashes:
         return unknown(
             HYDRATION,
-            f"no crash fault window (named one of {sorted(crash_faults)}) in the "
+            "no crash fault window (a kill of the broker, recorded with crash: true) in the "
             "history, so hydration was not exercised.",
             **ev,
         )
@@ -65,6 +73,7 @@ def check_hydration(
             continue
         restart = w.end if w.end is not None else facts.end
         n = 0
+        last_redelivery: float | None = None
         for m in published:
             if m.persisted_time is None or m.persisted_time > w.start:
                 continue
@@ -79,9 +88,15 @@ def check_hydration(
                     unverifiable.append(pair)
                     continue
                 n += 1
-                if not any(d.time > w.start for d in facts.deliveries.get((c, m.id), ())):
+                again = next((d.time for d in facts.deliveries.get((c, m.id), ()) if d.time > w.start), None)
+                if again is None:
                     missing.append(pair)
+                elif last_redelivery is None or again > last_redelivery:
+                    last_redelivery = again
         cev["pairs_expected"] = n
+        cev["redelivery_s"] = (
+            None if last_redelivery is None else round(max(0.0, last_redelivery - restart), 6)
+        )
         expected += n
     ev.update(
         pairs_expected=expected,
@@ -133,7 +148,7 @@ def check_no_zombies(
     history: History | Facts,
     store_listing: Iterable[Any] | None = None,
     *,
-    crash_faults: Collection[str] = CRASH_FAULTS,
+    crash_faults: Collection[str] | None = None,
 ) -> Verdict:
     """*store_listing*: deliveries left in the store (objects or mappings with ``message_id``,
     ``client_id`` and optional ``dead``), read after the run settled."""

@@ -1,8 +1,9 @@
 """Integrity: no phantom message, no altered payload, no delivery on a topic the recipient did not take.
 
 * phantom: a delivered id that no client ever published;
-* altered: the delivered payload differs from the one published under that id
-  (or, for payloads carrying ``sha256`` of their ``data``, the checksum no longer matches);
+* altered: the delivered payload's digest differs from the one published under that
+  id (or, for payloads carrying ``sha256`` of their ``data``, the checksum no longer
+  matches); digests, not payloads, are recorded (``chaos.checkers.digest``);
 * misrouted: delivered on a topic other than the message's, or to a client that
   was surely not subscribed to the topic when the message was published.
 Unknown when nothing was delivered.
@@ -10,26 +11,14 @@ Unknown when nothing was delivered.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Any
-
+from chaos.checkers.digest import payload_checksum, recorded_digest, recorded_self_check
 from chaos.checkers.facts import Facts, facts_of
-from chaos.checkers.verdict import Verdict, failed, listed, passed, unknown
+from chaos.checkers.stats import listed
+from chaos.checkers.verdict import Verdict, failed, passed, unknown
 from chaos.history import History
 
 NAME = "integrity"
-
-
-def payload_checksum(data: Any) -> str:
-    """The checksum the lab's publishers put in payloads: sha256 of canonical JSON of ``data``."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _self_check(payload: Any) -> bool:
-    if isinstance(payload, dict) and "sha256" in payload and "data" in payload:
-        return payload_checksum(payload["data"]) == payload["sha256"]
-    return True
+__all__ = ["NAME", "check_integrity", "payload_checksum"]
 
 
 def check_integrity(history: History | Facts) -> Verdict:
@@ -45,15 +34,19 @@ def check_integrity(history: History | Facts) -> Verdict:
             if m is None:
                 phantom.append({"id": msg_id, "recipient": client, "topic": d.topic, "delivered_s": at})
                 continue
-            payload = d.get("payload")
-            if payload != m.payload or not _self_check(payload):
+            digest = recorded_digest(d.value)
+            if (digest is not None and m.digest is not None and digest != m.digest) or not (
+                recorded_self_check(d.value)
+            ):
                 altered.append(
                     {
                         "id": msg_id,
                         "recipient": client,
                         "delivered_s": at,
-                        "published": m.payload,
-                        "delivered": payload,
+                        "published_digest": m.digest,
+                        "delivered_digest": digest,
+                        "delivered_bytes": d.get("bytes"),
+                        "self_check": recorded_self_check(d.value),
                     }
                 )
             end = m.answered_time if m.answered_time is not None else d.time

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from chaos.checkers.facts import Facts, facts_of
-from chaos.checkers.phases import compare_latency
+from chaos.checkers.latency import compare_latency
 from chaos.checkers.verdict import Verdict, unknown
 from chaos.history import History
 

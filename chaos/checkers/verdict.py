@@ -5,18 +5,22 @@ means the run could not show the invariant either way (no fault landed, too few
 samples, nothing to check), and the summary says why so the run can be fixed.
 Evidence holds plain JSON values only (ids, counts, latencies in ms, times in
 seconds since run start) so a report can print it as it is.
+
+A verdict whose evidence carries :data:`NOT_APPLICABLE` is an ``unknown`` that
+cannot apply here (a memory store has no storage to break): shown, never
+counted against the run. It is made by :func:`not_applicable` and recognised by
+:func:`is_not_applicable`, here and only here.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Status = Literal["pass", "fail", "unknown"]
 STATUSES: tuple[Status, ...] = ("pass", "fail", "unknown")
-MAX_LISTED = 20  # evidence lists are cut to this many items (the count is always complete)
+NOT_APPLICABLE = "not-applicable"  # evidence key: the check cannot apply to this broker/store, and why
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,40 +57,15 @@ def unknown(name: str, summary: str, **evidence: Any) -> Verdict:
     return Verdict(name, "unknown", summary, evidence)
 
 
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of *values* (sorted or not); inf stays inf (an undelivered pair)."""
-    if not values:
-        raise ValueError("percentile of no values")
-    s = sorted(values)
-    k = max(0, math.ceil(p / 100 * len(s)) - 1)
-    return s[k]
+def not_applicable(name: str, why: str) -> Verdict:
+    """A check that cannot apply to this broker or store; shown in reports, not counted as a problem."""
+    return Verdict(name, "unknown", f"not applicable here: {why}", {NOT_APPLICABLE: True})
 
 
-def ms(seconds: float | None) -> float | None:
-    """Seconds to rounded milliseconds for evidence; inf/None become None (JSON has no inf)."""
-    if seconds is None or not math.isfinite(seconds):
-        return None
-    return round(seconds * 1000, 3)
-
-
-def latency_summary(values: Sequence[float]) -> dict[str, Any]:
-    """Count, p50/p99/max in ms, and how many samples never arrived (inf)."""
-    finite = [v for v in values if math.isfinite(v)]
-    out: dict[str, Any] = {"samples": len(values), "undelivered": len(values) - len(finite)}
-    if values:
-        out.update(
-            p50_ms=ms(percentile(values, 50)),
-            p99_ms=ms(percentile(values, 99)),
-            max_ms=ms(max(finite)) if finite else None,
-        )
-    return out
-
-
-def listed(items: Iterable[Any], limit: int = MAX_LISTED) -> list[Any]:
-    """The first *limit* items, for evidence lists whose full count is given beside them."""
-    out = []
-    for i, item in enumerate(items):
-        if i >= limit:
-            break
-        out.append(item)
-    return out
+def is_not_applicable(verdict: Verdict | Mapping[str, Any]) -> bool:
+    """True for :func:`not_applicable` verdicts, as objects or as recorded dicts."""
+    if isinstance(verdict, Verdict):
+        status, ev = verdict.status, verdict.evidence
+    else:
+        status, ev = verdict.get("status"), verdict.get("evidence")
+    return status == "unknown" and isinstance(ev, Mapping) and bool(ev.get(NOT_APPLICABLE))

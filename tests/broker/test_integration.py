@@ -331,7 +331,7 @@ def test_bad_options_fail_clearly_as_a_process() -> None:
     )
     assert proc.returncode == 2 and "unknown flaw 'typo'" in proc.stderr and proc.stdout == ""
     proc = subprocess.run(
-        [sys.executable, "-m", "chaos.cli", "broker", "--help"],
+        [sys.executable, "-m", "fastport_lab.cli", "broker", "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from chaos.history import History
-from chaos.launcher import BrokerProcess, launch
+from chaos.launcher import BrokerUnderTest, launch
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKER_MAIN = ROOT / "broker" / "__main__.py"
@@ -36,7 +36,7 @@ def history() -> History:
 
 
 @pytest.fixture
-def ref_broker(history: History) -> Iterator[BrokerProcess]:
+def ref_broker(history: History) -> Iterator[BrokerUnderTest]:
     b = launch(BROKER_CMD, history=history, cwd=str(ROOT), ready_timeout=30.0)
     try:
         yield b

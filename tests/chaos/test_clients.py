@@ -116,7 +116,10 @@ def test_round_trip_records_a_history_the_checkers_accept(history, ref_broker):
     for v in (check_at_least_once(history), check_integrity(history), check_duplicates(history)):
         assert v.status == "pass", v
     deliveries = history.by_f("deliver")
-    assert deliveries[0].value["payload"]["sha256"] and deliveries[0].value["attempt"] == 1
+    # payloads are recorded as a digest and a length, the same at both ends
+    (first,) = [e for e in history.by_f("publish", type="invoke") if e.id == deliveries[0].id]
+    assert deliveries[0].value["digest"] == first.value["digest"] and deliveries[0].value["bytes"] > 20
+    assert "payload" not in deliveries[0].value and deliveries[0].value["attempt"] == 1
     late = {e.id: e.time for e in history.by_process("s2") if e.f == "ack"}
     first = {e.id: e.time for e in history.by_process("s2") if e.f == "deliver"}
     assert all(late[i] - first[i] >= 0.02 for i in late)
@@ -125,7 +128,7 @@ def test_round_trip_records_a_history_the_checkers_accept(history, ref_broker):
 
 @needs_broker
 @pytest.mark.integration
-def test_abort_reconnects_resubscribes_and_records_the_fault(history, ref_broker):
+def test_abort_reconnects_and_resubscribes(history, ref_broker):
     async def scenario() -> None:
         s1 = Subscriber(ref_broker.url, "s1", ["t", "u"], history=history)
         p = Publisher(ref_broker.url, "p", history=history)
@@ -142,8 +145,7 @@ def test_abort_reconnects_resubscribes_and_records_the_fault(history, ref_broker
     run(scenario)
     causes = [e.value["cause"] for e in history.by_process("s1") if e.f == "disconnect"]
     assert causes == ["abort", "close"]
-    (w,) = history.fault_windows("subscriber-abort")
-    assert w.targets == ("s1",) and w.effective is True and w.end is not None
+    assert history.fault_windows() == []  # the client records no fault: the nemesis does (chaos.faults)
     facts = Facts(history)
     assert facts.subscriptions[("s1", "u")].oks and len(facts.subscriptions[("s1", "t")].oks) == 2
 
@@ -167,8 +169,7 @@ def test_paused_subscriber_receives_nothing_until_resumed(history, ref_broker):
             await c.close()
 
     run(scenario)
-    (w,) = history.fault_windows("slow-consumer")
-    assert w.targets == ("slow",) and w.end is not None
+    assert not [e for e in history.by_process("slow") if e.f == "disconnect" and e.value["cause"] != "close"]
 
 
 @needs_broker

@@ -102,9 +102,12 @@ def test_isolation_checker_tells_the_fix_from_the_flaw(flaw, expected):
             for c in (slow, *healthy, p):
                 await c.start()
             await asyncio.gather(*await burst(p, [slow, *healthy]))  # baseline under the same load
+            # The window a subscriber-slow fault records (chaos.faults.subscriber), by hand here.
+            h.append("nemesis", "info", "fault-start", value={"name": "subscriber-slow", "targets": ["slow"]})
             slow.pause_reading()
             tasks = await burst(p, healthy, hang_after=4.0)
             slow.resume_reading()
+            h.append("nemesis", "info", "fault-stop", value={"name": "subscriber-slow", "effective": True})
             await asyncio.gather(*tasks)
             for c in (slow, *healthy, p):
                 await c.close()

@@ -15,7 +15,7 @@ import pytest
 
 from chaos.checkers import check_startup
 from chaos.history import History
-from chaos.launcher import BrokerProcess, LaunchError, launch, render_command
+from chaos.launcher import BrokerUnderTest, LaunchError, launch, render_command
 from tests.chaos.conftest import BROKER_CMD, ROOT, needs_broker
 
 PY = sys.executable
@@ -86,7 +86,7 @@ def test_render_command_fills_placeholders_per_token():
 def test_render_command_rejects_bad_input(kwargs, message):
     template = kwargs.pop("template")
     with pytest.raises(ValueError, match=message):
-        BrokerProcess(template, **kwargs)
+        BrokerUnderTest(template, **kwargs)
 
 
 # --- integration: fake brokers (plain python commands) ------------------------------------
@@ -230,7 +230,7 @@ def test_port_taken_start_up_is_judged_by_the_checker():
             "nemesis", "info", "fault-start", value={"name": "port-squat", "port": port, "effective": True}
         )
         with pytest.raises(LaunchError) as err:
-            BrokerProcess(BROKER_CMD, history=h, port=port, cwd=str(ROOT), ready_timeout=20).start()
+            BrokerUnderTest(BROKER_CMD, history=h, port=port, cwd=str(ROOT), ready_timeout=20).start()
         h.append("nemesis", "info", "fault-stop", value={"name": "port-squat"})
     finally:
         squat.close()

@@ -11,11 +11,14 @@ import sys
 
 import pytest
 
-from chaos.environment import Lab, LabConfig, LabSession
+from chaos.config import LabConfig
+from chaos.environment import Lab, LabSession
+from chaos.faults import REGISTRY, FaultError, FaultUnsupported, PortSquat, StorageLatency, SubscriberCut
 from chaos.history import History
 from chaos.launcher import LaunchError
-from chaos.nemesis import Nemesis, port_bind_refused, probe_healthz, probe_sql
-from chaos.scenario import run_scenario
+from chaos.nemesis import Nemesis
+from chaos.probes import port_bind_refused, probe_healthz, probe_sql
+from chaos.runner import run_scenario
 from chaos.toxiproxy.client import NotFound
 
 pytestmark = pytest.mark.integration
@@ -35,49 +38,63 @@ def stops(h: History, name: str) -> dict:
     return w.evidence
 
 
-def test_storage_faults_land_with_evidence_and_heal(lab_session: LabSession):
-    async def body():
-        async with Lab(lab_session, LabConfig()) as lab:
-            nem = Nemesis(lab)
-            for fault in (
-                nem.storage_latency(150),
-                nem.storage_down(),
-                nem.storage_hang(),
-                nem.storage_reset(),
-            ):
-                async with fault:
-                    pass
-                assert (await probe_sql(lab.dsn))["ok"], "storage not healed after the fault"
-            async with nem.postgres_stopped():
-                assert not lab.session.pg.is_running
-            assert (await probe_sql(lab.dsn, timeout=5))["ok"]
-            assert (await lab.api.get(lab.proxy.name)).toxics == []
-            return lab.history
-
-    h = run(body())
+async def test_storage_faults_land_with_evidence_and_heal(lab: Lab, nemesis: Nemesis):
+    for fault in (StorageLatency(150), "storage-down", "storage-hang", "storage-reset"):
+        async with nemesis.inject(fault):
+            pass
+        assert (await probe_sql(lab.dsn))["ok"], "storage not healed after the fault"
+    async with nemesis.inject("postgres-stop"):
+        assert not lab.session.pg.is_running
+    assert (await probe_sql(lab.dsn, timeout=5))["ok"]
+    assert (await lab.api.get(lab.proxy.name)).toxics == []
+    h = lab.history
     lat = stops(h, "storage-latency")
     assert lat["effective"] and lat["toxic_present"] and lat["probe_open_connection"]["elapsed_ms"] >= 135
+    assert lat["family"] == "storage" and lat["params"] == {"latency_ms": 150, "jitter_ms": 0}
     assert stops(h, "storage-down")["effective"] and stops(h, "storage-down")["proxy_enabled"] is False
     assert "hung" in stops(h, "storage-hang")["probe_new_connection"]["error"]
     assert stops(h, "storage-reset")["effective"]
-    pg = stops(h, "storage-pg-stop")
+    pg = stops(h, "postgres-stop")
     assert pg["effective"] and pg["stopped"] and pg["restarted"] and pg["probe_after"]["ok"]
+
+
+def test_the_registry_names_every_family_and_rejects_bad_faults():
+    assert {c.family for c in REGISTRY} == {"storage", "subscriber", "process", "port", "input"}
+    assert [n for n in REGISTRY.names() if REGISTRY.get(n).crash] == ["broker-kill"]
+    assert REGISTRY.create("storage-latency", latency_ms=50).params()["latency_ms"] == 50
+    with pytest.raises(FaultError, match="unknown fault 'storage-fire'; known: broker-kill"):
+        REGISTRY.get("storage-fire")
+    with pytest.raises(FaultError, match="parameters: latency_ms, jitter_ms"):
+        REGISTRY.create("storage-latency", latency=50)
+
+
+def test_a_fault_this_lab_cannot_take_is_refused_before_it_starts(lab_session: LabSession):
+    async def body():
+        async with Lab(lab_session, LabConfig(store="memory")) as lab:
+            with pytest.raises(
+                FaultUnsupported, match="storage-down: the broker must run with a durable store"
+            ):
+                async with Nemesis(lab).inject("storage-down"):
+                    pass
+            return lab.history
+
+    assert run(body()).fault_windows() == []
 
 
 def test_a_fault_is_healed_when_the_body_fails(lab_session: LabSession):
     async def body():
-        async with Lab(lab_session, LabConfig(store="memory")) as lab:
+        async with Lab(lab_session, LabConfig()) as lab:
             nem = Nemesis(lab)
             with pytest.raises(RuntimeError, match="boom"):
-                async with nem.storage_down():
+                async with nem.inject("storage-down"):
                     raise RuntimeError("boom")
             assert (await lab.proxy.refresh()).enabled
             with pytest.raises(RuntimeError, match="boom"):
-                async with nem.storage_hang():
+                async with nem.inject("storage-hang"):
                     raise RuntimeError("boom")
             assert (await lab.proxy.list_toxics()) == []
             with pytest.raises(RuntimeError, match="boom"):
-                async with nem.broker_paused():
+                async with nem.inject("broker-pause"):
                     raise RuntimeError("boom")
             assert (await probe_healthz(lab.port, timeout=10))["ok"], "broker left SIGSTOPped"
             return lab.history
@@ -91,14 +108,14 @@ def test_broker_faults_and_port_squat(lab_session: LabSession):
         async with Lab(lab_session, LabConfig(store="memory")) as lab:
             nem = Nemesis(lab)
             old = lab.broker.pid
-            async with nem.broker_killed():
+            async with nem.inject("broker-kill"):
                 assert not lab.brokers[0].alive
             assert lab.broker.pid != old and lab.broker.alive
-            async with nem.broker_paused():
+            async with nem.inject("broker-pause"):
                 pass
             port = lab.port
             await asyncio.to_thread(lab.broker.terminate)
-            async with nem.port_squat(port):
+            async with nem.inject(PortSquat(port)):
                 assert port_bind_refused(port)
                 with pytest.raises(LaunchError, match="exited with code"):
                     await lab.start_broker(port=port)
@@ -107,21 +124,25 @@ def test_broker_faults_and_port_squat(lab_session: LabSession):
             return lab.history, lab.brokers
 
     h, brokers = run(body())
-    kill = stops(h, "kill")
+    kill = stops(h, "broker-kill")
     assert kill["effective"] and kill["exit_code"] == -9 and kill["new_pid"] != kill["old_pid"]
-    stop = stops(h, "sigstop")
+    assert kill["crash"] is True and kill["family"] == "process"
+    stop = stops(h, "broker-pause")
     assert stop["effective"] and not stop["healthz_while_stopped"]["ok"] and stop["healthz_after"]["ok"]
     assert stops(h, "port-squat")["effective"] and stops(h, "port-squat")["bind_refused"]
     assert not any(b.alive for b in brokers)
 
 
 class _FakeSub:
-    """Just what subscriber_cut reads: a pure check of its 'mid fan-out' evidence."""
+    """Just what subscriber-cut reads: a pure check of its 'mid fan-out' evidence."""
 
-    client_id, topics, ws = "s", ["t"], None
+    client_id, topics = "s", ["t"]
 
     def __init__(self, received):
         self.received = dict.fromkeys(received, 1)
+
+    def abort(self) -> bool:
+        return True
 
     async def wait_subscribed(self, topics, timeout):
         return None
@@ -134,7 +155,7 @@ def test_subscriber_cut_is_effective_only_mid_fanout():
     nem = Nemesis(_Lab())  # type: ignore[arg-type]
 
     async def body():
-        async with nem.subscriber_cut(_FakeSub(["a", "b", "c"]), ["a", "b", "c"]):
+        async with nem.inject(SubscriberCut(_FakeSub(["a", "b", "c"]), ["a", "b", "c"])):
             pass
 
     asyncio.run(body())

@@ -8,18 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from chaos.checkers.verdict import failed, passed
-from chaos.environment import (
+from chaos.checkers.bad_input import BAD_INPUT, check_bad_input
+from chaos.checkers.persistence import PERSIST_OUTCOME, check_persistence_outcomes
+from chaos.checkers.verdict import failed, not_applicable, passed
+from chaos.config import (
     ENV_BROKER_CMD,
+    ENV_INTENSITY,
     ENV_STORE,
     REFERENCE_BROKER_CMD,
     LabConfig,
     LabConfigError,
-    _dsn_via,
 )
+from chaos.environment import _dsn_via
 from chaos.history import History
-from chaos.scenario import BAD_INPUT, ScenarioResult, assert_all_pass, check_bad_input, not_applicable
-from scenarios.schedules import ScheduleError, parse_schedule, replay_command
+from chaos.runner import ScenarioResult, assert_all_pass
+from chaos.suites.schedules import ScheduleError, parse_schedule, replay_command
 
 USER_CMD = "node mybroker.js --port {port} --db {dsn}"
 
@@ -32,6 +35,8 @@ def test_config_precedence_explicit_then_env_then_default():
     assert (c.broker_cmd, c.store, c.is_reference, c.durable) == (USER_CMD, "memory", False, False)
     c = LabConfig.resolve("other --port {port}", "postgres", env=env)
     assert (c.broker_cmd, c.store) == ("other --port {port}", "postgres")
+    assert LabConfig.resolve(env={ENV_INTENSITY: "heavy"}).intensity == "heavy"
+    assert LabConfig.resolve(env={ENV_INTENSITY: "heavy"}, intensity="smoke").intensity == "smoke"
 
 
 @pytest.mark.parametrize(
@@ -48,6 +53,8 @@ def test_bad_config_gets_a_clear_error(cmd, store, needle):
     with pytest.raises(LabConfigError) as err:
         LabConfig(broker_cmd=cmd or " ", store=store)
     assert needle in str(err.value)
+    with pytest.raises(LabConfigError, match="intensity must be one of smoke, default, heavy"):
+        LabConfig(intensity="extreme")
 
 
 def test_flaw_variants_only_for_the_reference_broker():
@@ -118,15 +125,19 @@ def test_not_applicable_is_not_a_problem_but_an_error_is():
 
 
 def test_schedule_parsing_rejects_bad_steps_clearly():
-    steps = [{"op": "publish", "n": 2}, {"op": "storage", "fault": "down", "n": 1}, {"op": "kill"}]
+    steps = [{"op": "publish", "n": 2}, {"op": "storage-down", "n": 1}, {"op": "broker-kill", "n": 0}]
     assert parse_schedule(json.dumps(steps)) == steps
+    legacy = [{"op": "publish", "n": 2}, {"op": "storage", "fault": "down", "n": 1}, {"op": "kill"}]
+    assert parse_schedule(json.dumps(legacy)) == steps  # schedules printed by older labs still replay
     for text, needle in [
         ("{", "not JSON"),
         ("[]", "non-empty"),
-        ('[{"op": "nuke"}]', "step 0"),
+        ('[{"op": "nuke"}]', "step 0: unknown op 'nuke'"),
         ('[{"op": "publish", "n": 0}]', "'n' must be"),
         ('[{"op": "publish", "n": true}]', "'n' must be"),
         ('[{"op": "storage", "fault": "fire", "n": 1}]', "'fault' must be"),
+        ('[{"op": "port-squat", "n": 1}]', "unknown op 'port-squat'"),
+        ('["publish"]', "expected an object"),
     ]:
         with pytest.raises(ScheduleError) as err:
             parse_schedule(text)
@@ -136,7 +147,7 @@ def test_schedule_parsing_rejects_bad_steps_clearly():
 
 
 def test_replay_command_round_trips():
-    steps = [{"op": "cut", "n": 3}, {"op": "kill"}]
+    steps = [{"op": "subscriber-cut", "n": 3}, {"op": "broker-kill", "n": 0}]
     argv = shlex.split(replay_command(steps, USER_CMD, "memory"))
     assert argv[:2] == ["pytest", "scenarios/test_schedules.py"]
     assert parse_schedule(argv[argv.index("--schedule") + 1]) == steps
@@ -144,8 +155,6 @@ def test_replay_command_round_trips():
 
 
 def test_persistence_outcome_checker():
-    from chaos.scenario import PERSIST_OUTCOME, check_persistence_outcomes
-
     def hist(outcomes: dict[str, list[str]]) -> History:
         h = History(clock=iter(range(1000)).__next__, start=0.0)
         for i in outcomes:

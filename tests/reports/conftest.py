@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from reports.record import RunRecorder, RunReport
+from reports.build import RunReport, finish
+from reports.record import RunRecorder
 from tests.reports.chromium import find_chromium, install_chromium
 from tests.reports.histories import crash_run, crash_verdicts, storage_run, storage_verdicts
 
@@ -45,7 +46,7 @@ def record_mixed_run(root: Path, run_id: str = "mixed") -> RunReport:
         storage_verdicts(h),
         {"flaw": "store-first", "expect": "availability-under-storage-faults"},
     )
-    return rec.finish()
+    return finish(rec)
 
 
 @pytest.fixture(scope="session")

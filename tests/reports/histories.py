@@ -17,9 +17,10 @@ from chaos.checkers import (
     check_duplicates,
     check_hydration,
     check_integrity,
+    check_recovery,
 )
+from chaos.checkers.digest import payload_checksum
 from chaos.checkers.facts import Facts
-from chaos.checkers.integrity import payload_checksum
 from chaos.checkers.verdict import Verdict
 from chaos.history import History
 
@@ -157,9 +158,10 @@ def storage_verdicts(h: History, **availability: Any) -> list[Verdict]:
         check_at_least_once(facts),
         check_integrity(facts),
         check_duplicates(facts),
+        check_recovery(facts),
     ]
 
 
 def crash_verdicts(h: History) -> list[Verdict]:
     facts = Facts(h)
-    return [check_hydration(facts), check_at_least_once(facts), check_integrity(facts)]
+    return [check_hydration(facts), check_at_least_once(facts), check_integrity(facts), check_recovery(facts)]

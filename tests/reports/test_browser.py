@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from reports import metrics
+from reports import timeline
+from reports.build import finish
 from reports.record import RunRecorder
 from tests.reports.chromium import Browser
 from tests.reports.conftest import record_mixed_run
@@ -60,14 +61,14 @@ def test_a_100k_event_failing_run_stays_quick(chromium, runs_root):
     rec = RunRecorder(runs_root, run_id="big")
     t0 = time.monotonic()
     rec.add_scenario("storage_faults", 1, h, storage_verdicts(h))
-    report = rec.finish()
+    report = finish(rec)
     build_s = time.monotonic() - t0
     assert report.exit_code == 1
     html = report.html.read_text()
     assert len(html) < 1_000_000, "the page must not grow with the history"
     figures = json.loads(re.search(r'id="figures">(.*?)</script>', html, re.S)[1])
     for trace in figures["timeline-storage_faults"]["data"]:
-        assert len(trace["x"]) <= metrics.MAX_BUCKETS
+        assert len(trace["x"]) <= timeline.MAX_BUCKETS
     (page,) = open_pages(chromium, (report.html, report.run_dir / "screenshot.png"))
     assert page.console_errors == []
     assert page.checks["bannerStatus"] == "fail" and page.checks["plotSvgs"] >= 1

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from chaos.gate import main
-from reports.suites import EnvironmentProblem, SuiteRequest
+from fastport_lab.gate import main
+from fastport_lab.suite_runner import EnvironmentProblem, SuiteRequest
 from tests.reports.histories import crash_run, crash_verdicts, storage_run, storage_verdicts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,7 +155,11 @@ def test_request_carries_the_options(runs_root):
 
 def test_module_entry_point_help():
     done = subprocess.run(
-        [sys.executable, "-m", "chaos.gate", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "fastport_lab.gate", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     text = " ".join(done.stdout.split())
     assert done.returncode == 0 and "exit 0 pass, 1 violated, 2 unknown, 3 environment error" in text

@@ -9,7 +9,6 @@ import pytest
 from chaos.checkers import check_startup
 from chaos.checkers.verdict import unknown
 from chaos.history import History
-from reports import metrics
 from reports.judge import (
     EXIT_ENV,
     EXIT_FAIL,
@@ -32,7 +31,6 @@ def scenario(name, history, verdicts, meta=None):
         "name": name,
         "meta": meta or {},
         "verdicts": [v.to_dict() for v in verdicts],
-        "metrics": metrics.phases(history),
     }
 
 

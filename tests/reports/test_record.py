@@ -10,7 +10,7 @@ import pytest
 
 from chaos.checkers.verdict import Verdict
 from chaos.history import History
-from reports.build import rebuild
+from reports.build import finish, rebuild
 from reports.judge import GateConfig, Thresholds
 from reports.record import RunFormatError, RunRecorder, read_results
 from tests.reports.conftest import record_mixed_run
@@ -34,8 +34,8 @@ def test_run_folder_layout_and_results(runs_root):
     fmea1, crash, flaw = r["scenarios"]
     assert fmea1["fmea"] == 1 and crash["fmea"] == 3 and crash["duration_s"] == 4.2
     assert "./lab test scenarios/test_fmea1_storage.py::test_x --broker-cmd" in fmea1["reproduce"]
-    assert fmea1["metrics"]["windows"][0]["name"] == "storage-latency"
-    assert crash["metrics"]["windows"][0]["hydration_s"] is not None
+    assert fmea1["phases"]["windows"][0]["name"] == "storage-latency"
+    assert crash["phases"]["windows"][0]["hydration_s"] is not None
     lost = next(v for v in flaw["verdicts"] if v["name"] == "at-least-once")["evidence"]["lost"]
     assert {x["id"] for x in lost} == {"p-45", "p-50", "p-51"}
     assert r["gate"]["status"] == "pass" and r["gate"]["config"]["thresholds"]["fault_p99_ms"] == 2000
@@ -46,7 +46,7 @@ def test_histories_round_trip(runs_root):
     h = storage_run(per_phase=10)
     rec.add_scenario("one", 1, h, storage_verdicts(h))
     rec.add_scenario("one", 1, h, storage_verdicts(h))  # same name twice: two folders
-    rec.finish()
+    finish(rec)
     r = read_results(rec.run_dir)
     assert [s["history"] for s in r["scenarios"]] == ["one/history.jsonl", "one-2/history.jsonl"]
     back = History.read(rec.run_dir / "one" / "history.jsonl")
@@ -59,7 +59,7 @@ def test_junit_has_one_testcase_per_scenario_and_invariant(runs_root):
     rec.add_scenario("fmea1", 1, bad, storage_verdicts(bad))
     unk = storage_run(effective=None)
     rec.add_scenario("unconfirmed", 1, unk, storage_verdicts(unk))
-    report = rec.finish(GateConfig(thresholds=Thresholds(baseline_p99_ms=1)))
+    report = finish(rec, GateConfig(thresholds=Thresholds(baseline_p99_ms=1)))
     assert report.exit_code == 1
     root = ET.parse(report.run_dir / "junit.xml").getroot()
     suites = {s.get("name"): s for s in root.iter("testsuite")}
@@ -108,12 +108,12 @@ def test_runs_index_lists_past_runs_with_a_trend(runs_root):
     rec = RunRecorder(runs_root, run_id="20260102T000000Z-bbbb")
     h = storage_run(lose={100})
     rec.add_scenario("fmea1", 1, h, storage_verdicts(h))
-    rec.finish()
+    finish(rec)
     (runs_root / "junk").mkdir()
     (runs_root / "junk" / "results.json").write_text("{not json")
     rec2 = RunRecorder(runs_root, run_id="20260103T000000Z-cccc")
     rec2.add_scenario("fmea1", 1, storage_run(), storage_verdicts(storage_run()))
-    rec2.finish()
+    finish(rec2)
     index = runs_root.parent / "index.html"
     html = index.read_text()
     assert (
@@ -142,7 +142,7 @@ def test_bad_input_is_refused_clearly(runs_root):
     rec.add_scenario(
         "odd evidence", None, storage_run(per_phase=3), [Verdict("v", "pass", "ok", {"o": object()})]
     )
-    rec.finish()
+    finish(rec)
     with pytest.raises(RuntimeError, match="finished"):
         rec.add_scenario("late", 1, storage_run(per_phase=3), [])
     assert read_results(rec.run_dir)["scenarios"][0]["verdicts"][0]["evidence"]["o"].startswith("<object")
@@ -165,8 +165,8 @@ def test_read_results_names_the_problem(tmp_path):
 
 
 def test_add_result_takes_a_scenario_result(runs_root, tmp_path):
-    from chaos.environment import LabConfig
-    from chaos.scenario import ScenarioResult
+    from chaos.config import LabConfig
+    from chaos.runner import ScenarioResult
 
     h = storage_run(per_phase=10)
     cfg = LabConfig(store="memory")
@@ -175,7 +175,7 @@ def test_add_result_takes_a_scenario_result(runs_root, tmp_path):
     )
     rec = RunRecorder(runs_root, run_id="ar")
     rec.add_result(result, fmea=1, meta={"nodeid": "scenarios/test_fmea1_storage.py::t"})
-    report = rec.finish()
+    report = finish(rec)
     (s,) = report.results["scenarios"]
     assert s["store"] == "memory" and s["broker_cmd"] == cfg.broker_cmd and s["duration_s"] == 3.5
     assert s["meta"]["notes"] == {"k": 1} and "--store memory" in s["reproduce"]

@@ -1,8 +1,9 @@
 """The default suite runner: pytest in a child process, scenario folders read back into the run.
 
 The fake suites here write their scenario folders with the real
-``chaos.scenario.write_run`` (what ``run_lab`` does after each scenario), so the
-runner is tested against the scenario side's actual output format.
+``chaos.runner.write_scenario_folder`` (what the plugin's ``run_lab`` and ``lab``
+do after each scenario, with the same meta), so the runner is tested against the
+scenario side's actual output format.
 """
 
 from __future__ import annotations
@@ -13,35 +14,30 @@ from pathlib import Path
 
 import pytest
 
-from chaos.gate import main
-from reports.suites import flaw_expectations, match_test
+from chaos.suites.flaws import FLAW_MATRIX
+from fastport_lab.gate import main
 
-CONFTEST = """
-def pytest_addoption(parser):
-    for opt in ("--run-dir", "--broker-cmd", "--store"):
-        parser.addoption(opt, default=None)
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "fmea(mode): FMEA mode")
-"""
+CONFTEST = '"""The options and markers come from the lab\'s pytest plugin."""\n'
 
 SUITE = """
 from pathlib import Path
 
 import pytest
 
-from chaos.environment import LabConfig
-from chaos.scenario import ScenarioResult, write_run
+from chaos.config import LabConfig
+from chaos.runner import ScenarioResult, write_scenario_folder
 from tests.reports.histories import storage_run, storage_verdicts
 
 
-def record(request, name, history):
+def record(request, name, history, **meta):
     cfg = LabConfig(store=request.config.getoption("--store") or "postgres")
-    if name.startswith("flaw-"):
-        cfg = cfg.with_flaw(name.removeprefix("flaw-"))
+    if "flaw" in meta:
+        cfg = cfg.with_flaw(meta["flaw"])
     run_dir = Path(request.config.getoption("--run-dir")) / (name + "-000")
-    write_run(ScenarioResult(name, cfg, storage_verdicts(history), history, run_dir, 1.5))
+    marker = request.node.get_closest_marker("fmea")
+    meta = {"nodeid": request.node.nodeid, "fmea": marker.args[0] if marker else None, **meta}
+    result = ScenarioResult(name, cfg, storage_verdicts(history), history, run_dir, 1.5, meta=meta)
+    write_scenario_folder(result)
 
 
 @pytest.mark.fmea("storage-x")
@@ -50,7 +46,9 @@ def test_storage(request):
 
 
 def test_flaw(request):
-    record(request, "flaw-store-first", storage_run(per_phase=10, fault_latency=0.5, lose={12}))
+    history = storage_run(per_phase=10, fault_latency=0.5, lose={12})
+    expect = "availability-under-storage-faults"
+    record(request, "flaw-store-first", history, flaw="store-first", expect=expect)
     assert False, "a scenario test fails when its flaw is caught... or not: the gate judges the verdicts"
 """
 
@@ -73,13 +71,14 @@ def test_pytest_runner_records_each_scenario(tmp_path, capsys):
     results = json.loads((runs / "p" / "results.json").read_text())
     storage, flaw = sorted(results["scenarios"], key=lambda s: s["name"], reverse=True)
     assert storage["name"] == "storage_faults" and storage["store"] == "memory"
-    assert storage["fmea"] == "storage-x"  # the test's fmea marker, logged by reports.pytest_plugin
+    assert storage["fmea"] == "storage-x"  # the test's fmea marker, recorded with the scenario
     assert storage["duration_s"] == 1.5 and storage["events"] > 100
     assert flaw["meta"]["flaw"] == "store-first"
-    assert flaw["meta"].get("expect") == flaw_expectations().get("store-first")
+    expected = {c.flaw: c.checker for c in FLAW_MATRIX}["store-first"]
+    assert flaw["meta"].get("expect") == expected  # travelled in the recorded verdicts
     assert results["gate"]["status"] == "pass"  # the flaw was caught: that is the pass
     assert (runs / "p" / "storage_faults" / "history.jsonl").is_file()
-    # reports.pytest_plugin told which test wrote which scenario folder: a per-scenario rerun command
+    # the scenario folder names the test that wrote it: a per-scenario rerun command
     assert storage["meta"]["nodeid"].endswith("test_fake.py::test_storage")
     assert (
         storage["reproduce"].startswith("./lab test ")
@@ -108,17 +107,3 @@ def test_pytest_runner_environment_errors(tmp_path, capsys):
     assert "could not set up the lab" in err and "no PostgreSQL here" in err
     junit = (runs / "e2" / "junit.xml").read_text()
     assert 'name="environment"' in junit and "no PostgreSQL here" in junit
-
-
-def test_match_test_prefers_the_exact_window_and_the_same_worker():
-    tests = [
-        {"nodeid": "a", "worker": "gw0", "start": 10.0, "stop": 20.0},
-        {"nodeid": "b", "worker": "gw1", "start": 12.0, "stop": 30.0},
-        {"nodeid": "c", "worker": "gw0", "start": 20.5, "stop": 25.0},
-    ]
-    assert match_test(Path("/r/gw0/x"), 15.0, tests)["nodeid"] == "a"
-    assert match_test(Path("/r/gw1/x"), 15.0, tests)["nodeid"] == "b"
-    assert match_test(Path("/r/gw0/x"), 20.2, tests) is None  # between a and c on gw0: no guess
-    assert match_test(Path("/r/gw0/x"), 20.7, tests)["nodeid"] == "c"
-    assert match_test(Path("/r/x"), 15.0, tests) is None  # ambiguous: no guess
-    assert match_test(Path("/r/gw0/x"), 99.0, tests) is None

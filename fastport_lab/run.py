@@ -24,36 +24,28 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from chaos.gate import UsageError, execute, gate_config
-from chaos.gate import parser as gate_parser
+from chaos.config import INTENSITIES
 from chaos.progress import ENV as PROGRESS_ENV
 from chaos.progress import ProgressReader
+from chaos.suites import ALIASES, SUITES
+from fastport_lab.gate import UsageError, execute, gate_config
+from fastport_lab.gate import parser as gate_parser
+from fastport_lab.suite_runner import SuiteRequest, SuiteRunner, pytest_runner
+from reports.build import RunReport
 from reports.judge import EXIT_ENV, GateConfigError
-from reports.record import DEFAULT_ROOT, ROOT_DIR, RunFormatError, RunReport
-from reports.suites import SuiteRequest, SuiteRunner, pytest_runner
+from reports.record import DEFAULT_ROOT, RunFormatError
 
-# Short names for the suites; any pytest path or node id works as well.
-SUITES: dict[str, str] = {
-    "storage": "scenarios/test_fmea1_storage.py",
-    "subscribers": "scenarios/test_fmea2_subscribers.py",
-    "crash": "scenarios/test_fmea3_crash.py",
-    "port": "scenarios/test_fmea4_port.py",
-    "bad-input": "scenarios/test_bad_input.py",
-    "flaws": "scenarios/test_flaw_matrix.py",
-    "schedules": "scenarios/test_schedules.py",
-}
-ALIASES = {"fmea1": "storage", "fmea2": "subscribers", "fmea3": "crash", "fmea4": "port"}
 STATUS_STYLE = {"pass": "green", "fail": "red", "unknown": "yellow", "error": "red", "running": "cyan"}
 
 
 def suite_paths(names: Sequence[str]) -> list[str]:
-    """Map scenario names to pytest paths; raises UsageError naming the choices."""
+    """Map suite names to their modules (run with --pyargs, from any directory), or keep a pytest path."""
     paths = []
     for name in names:
         key = ALIASES.get(name, name)
         if key in SUITES:
-            paths.append(SUITES[key])
-        elif (ROOT_DIR / name.split("::")[0]).exists():
+            paths.append(SUITES[key].module)
+        elif Path(name.split("::")[0]).exists():
             paths.append(name)
         else:
             choices = ", ".join([*SUITES, *ALIASES])
@@ -68,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"suites to run (default all): {', '.join(SUITES)}; or pytest paths")
     p.add_argument("--broker-cmd", help="launch command of the broker under test (PROTOCOL.md section 4)")
     p.add_argument("--store", choices=("memory", "postgres"), help="broker store (default postgres)")
+    p.add_argument("--intensity", choices=INTENSITIES, help="workload size: smoke, default, heavy")
     p.add_argument("--seed", type=int, help="seed for the generated fault schedules")
-    p.add_argument("--out", metavar="DIR", help=f"where run folders go (default {DEFAULT_ROOT})")
+    p.add_argument("--out", metavar="DIR", help=f"where run folders go (default ./{DEFAULT_ROOT})")
     p.add_argument("-k", dest="select", metavar="EXPR",
                    help="only scenarios matching this pytest -k expression")
     p.add_argument("--config", metavar="TOML", help="gate thresholds (default gate.toml)")
@@ -144,6 +137,7 @@ def main(argv: Sequence[str] | None = None, *, runner: SuiteRunner | None = None
     try:
         gate_args = gate_parser().parse_args([])
         gate_args.broker_cmd, gate_args.store, gate_args.seed = args.broker_cmd, args.store, args.seed
+        gate_args.intensity = args.intensity
         gate_args.runs_dir, gate_args.select, gate_args.config = args.out, args.select, args.config
         gate_args.suite = suite_paths(args.scenarios) or None
         config = gate_config(gate_args)

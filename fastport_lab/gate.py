@@ -13,9 +13,9 @@ Every run writes ``reports/runs/<run-id>/`` (results.json, junit.xml, index.html
 histories) whatever its outcome. ``--from RUN_DIR`` re-judges a finished run
 against the current thresholds and re-renders it, without running anything.
 
-The suites are run by a :data:`reports.suites.SuiteRunner`: pytest on
-``scenarios/`` by default, ``--runner module:function`` or ``main(argv, runner=...)``
-for another (e.g. the lab's own ``fastport-lab run``).
+The suites are run by a :data:`fastport_lab.suite_runner.SuiteRunner`: pytest on
+the built-in suites (``--pyargs scenarios``) by default, ``--runner module:function``
+or ``main(argv, runner=...)`` for another (e.g. the lab's own ``fastport-lab run``).
 """
 
 from __future__ import annotations
@@ -27,11 +27,19 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from chaos.config import INTENSITIES, LabConfig, LabConfigError
+from fastport_lab.suite_runner import (
+    DEFAULT_SUITES,
+    DEFAULT_TIMEOUT,
+    EnvironmentProblem,
+    SuiteRequest,
+    SuiteRunner,
+)
+from reports.build import RunReport, finish
 from reports.judge import EXIT_ENV, GateConfig, GateConfigError, load_config
-from reports.record import DEFAULT_ROOT, ROOT_DIR, RunFormatError, RunRecorder, RunReport
-from reports.suites import DEFAULT_SUITES, DEFAULT_TIMEOUT, EnvironmentProblem, SuiteRequest, SuiteRunner
+from reports.record import DEFAULT_ROOT, RunFormatError, RunRecorder
 
-DEFAULT_CONFIG = ROOT_DIR / "gate.toml"
+CONFIG_NAME = "gate.toml"  # read from the current directory when --config is not given
 
 
 class UsageError(Exception):
@@ -50,16 +58,18 @@ def parser() -> argparse.ArgumentParser:
         "(exit 0 pass, 1 violated, 2 unknown, 3 environment error).",
     )
     p.add_argument("--from", dest="from_dir", metavar="RUN_DIR", help="re-judge a finished run folder")
-    p.add_argument("--config", metavar="TOML", help=f"thresholds (default: {DEFAULT_CONFIG.name} if present)")
+    p.add_argument("--config", metavar="TOML", help=f"thresholds (default: ./{CONFIG_NAME} if present)")
     p.add_argument("--unknown", choices=("fail", "warn"), help="override [gate] unknown")
     p.add_argument(
-        "--runs-dir", metavar="DIR", default=None, help=f"where run folders go (default {DEFAULT_ROOT})"
+        "--runs-dir", metavar="DIR", default=None, help=f"where run folders go (default ./{DEFAULT_ROOT})"
     )
     p.add_argument("--run-id", default=None, help="name of the run folder (default: UTC time + random)")
     p.add_argument("--broker-cmd", default=None, help="launch command of the broker under test")
     p.add_argument("--store", choices=("memory", "postgres"), default=None, help="broker store")
+    p.add_argument("--intensity", choices=INTENSITIES, default=None, help="workload size (default: default)")
     p.add_argument(
-        "--suite", action="append", metavar="PATH", help="pytest path(s) to run (default scenarios)"
+        "--suite", action="append", metavar="PATH",
+        help="pytest path(s) or module(s) to run (default: the built-in suites, --pyargs scenarios)",
     )
     p.add_argument(
         "-k", dest="select", metavar="EXPR", help="only scenarios matching this pytest -k expression"
@@ -88,7 +98,8 @@ def gate_config(args: argparse.Namespace) -> GateConfig:
     if args.config:
         config = load_config(args.config)
     else:
-        config = load_config(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else GateConfig()
+        local = Path.cwd() / CONFIG_NAME
+        config = load_config(local) if local.is_file() else GateConfig()
     return replace(config, unknown=args.unknown) if args.unknown else config
 
 
@@ -120,10 +131,8 @@ def execute(
     Raises UsageError for a bad broker command or store; every other problem
     (the suites could not run, Ctrl-C) becomes the run's environment error.
     """
-    from chaos.environment import LabConfig, LabConfigError
-
     try:
-        lab = LabConfig.resolve(args.broker_cmd, args.store)
+        lab = LabConfig.resolve(args.broker_cmd, args.store, intensity=args.intensity)
     except LabConfigError as exc:
         raise UsageError(str(exc)) from None
     recorder = RunRecorder(
@@ -144,6 +153,7 @@ def execute(
         seed=args.seed,
         timeout=args.timeout,
         log=log,
+        intensity=args.intensity,
     )
     problem = None
     try:
@@ -154,7 +164,7 @@ def execute(
         problem = "interrupted (Ctrl-C) before the suites finished"
     except Exception as exc:  # a runner that crashed could not run the suites: not an invariant verdict
         problem = f"the suite runner crashed: {type(exc).__name__}: {exc}"
-    report = recorder.finish(config, environment_error=problem)
+    report = finish(recorder, config, environment_error=problem)
     if problem:
         print(f"{command[0]} {command[1]}: environment error: {problem}", file=sys.stderr)
     return report
@@ -174,7 +184,7 @@ def main(argv: Sequence[str] | None = None, *, runner: SuiteRunner | None = None
         if args.runner:
             runner = resolve_runner(args.runner)
         if runner is None:
-            from reports.suites import pytest_runner as runner
+            from fastport_lab.suite_runner import pytest_runner as runner
         report = execute(args, ["fastport-lab", "gate", *argv], config, runner)
     except (UsageError, GateConfigError, RunFormatError, ValueError, OSError) as exc:
         print(f"fastport-lab gate: {exc}", file=sys.stderr)

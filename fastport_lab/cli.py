@@ -12,11 +12,11 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("chaos.run:main", "run the chaos suites with a live display, then write the HTML report"),
-    "demo": ("chaos.demo:main", "start the reference broker on embedded PostgreSQL and show a round trip"),
+    "run": ("fastport_lab.run:main", "run the chaos suites with a live display, then write the HTML report"),
+    "demo": ("fastport_lab.demo:main", "the reference broker on embedded PostgreSQL: a round trip, a kill"),
     "broker": ("broker.cli:main", "run the reference FastPort broker"),
     "toxiproxy": ("chaos.toxiproxy.cli:main", "run the embedded Toxiproxy-compatible fault proxy"),
-    "gate": ("chaos.gate:main", "run the chaos suites and gate on their verdicts (exit 0/1/2/3)"),
+    "gate": ("fastport_lab.gate:main", "run the chaos suites and gate on their verdicts (exit 0/1/2/3)"),
 }
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "broker": ("chaos.bench.broker:main", "broker throughput and latency beside a bare websockets relay"),

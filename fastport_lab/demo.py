@@ -19,7 +19,8 @@ from rich.table import Table
 
 from chaos.checkers import Verdict, check_at_least_once, check_hydration, check_integrity
 from chaos.checkers.facts import Facts
-from chaos.environment import Lab, LabConfig, LabConfigError, LabSession
+from chaos.config import LabConfig, LabConfigError
+from chaos.environment import Lab, LabSession
 from chaos.history import History
 from chaos.launcher import LaunchError
 from chaos.nemesis import Nemesis
@@ -49,7 +50,7 @@ async def _story(console: Console, session: LabSession, config: LabConfig, histo
         say(f"   published {len(ids)}/{messages}, alice received and acked them, all persisted")
 
         say(f"[bold]3.[/] SIGKILL broker pid {lab.broker.pid}, restart it on the same port")
-        async with Nemesis(lab).broker_killed():
+        async with Nemesis(lab).inject("broker-kill"):
             pass
         say(f"   new pid {lab.broker.pid}; carol reconnects and subscribes")
         carol = lab.subscriber("carol", [TOPIC])

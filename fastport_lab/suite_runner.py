@@ -1,4 +1,4 @@
-"""Running the chaos suites for the gate: the hook it calls, and the default pytest-based runner.
+"""Running the chaos suites for ``run`` and ``gate``: the hook they call, and the default pytest runner.
 
 The gate does not know how suites are run; it calls a :data:`SuiteRunner` with a
 :class:`SuiteRequest` whose ``recorder`` the runner feeds one scenario at a time
@@ -6,10 +6,13 @@ The gate does not know how suites are run; it calls a :data:`SuiteRunner` with a
 :class:`EnvironmentProblem` when the suites could not run at all (PostgreSQL
 missing, nothing collected, a hang); the gate exits 3 then.
 
-:func:`pytest_runner`, the default, runs ``pytest scenarios/`` in a child process
-with ``--run-dir`` pointing at a temporary folder, then reads back what
-``chaos.scenario.run_scenario`` wrote there: one folder per scenario with
-``history.jsonl`` and ``verdicts.json``. No change to the scenarios is needed.
+:func:`pytest_runner`, the default, runs pytest on the suites (``--pyargs
+scenarios`` by default, so it works from any directory where fastport-lab is
+installed, or your own test paths) in a child process group with ``--run-dir``
+pointing at a temporary folder, then reads back what the lab's fixtures wrote
+there: one folder per scenario with ``history.jsonl`` and ``verdicts.json``
+(verdicts, the pytest node id, the FMEA mode and, for the flaw matrix, which
+checker had to fail).
 """
 
 from __future__ import annotations
@@ -24,14 +27,15 @@ import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from chaos.history import History, HistoryFormatError
-from reports.pytest_plugin import ENV as TESTLOG_ENV
-from reports.record import ROOT_DIR, RunRecorder
+from chaos.supervisor import Child
+from reports.record import RunRecorder
 
-DEFAULT_SUITES = ("scenarios",)
+DEFAULT_SUITES = ("scenarios",)  # a package name: run with --pyargs
 DEFAULT_TIMEOUT = 1800.0
 
 
@@ -52,54 +56,18 @@ class SuiteRequest:
     seed: int | None = None
     timeout: float = DEFAULT_TIMEOUT
     log: Path | None = None  # pytest's own output goes here instead of the terminal (a live display owns it)
+    intensity: str | None = None
+    cwd: str | None = None  # where pytest runs (default: the current directory)
 
 
 SuiteRunner = Callable[[SuiteRequest], None]
 
 
-def flaw_expectations() -> dict[str, str]:
-    """flaw -> checker that must fail, from the flaw-matrix suite (empty when it cannot be imported)."""
-    try:
-        from scenarios.test_flaw_matrix import MATRIX
-    except Exception:
-        return {}
-    out = {}
-    for param in MATRIX:
-        values = getattr(param, "values", param)
-        if len(values) >= 3 and isinstance(values[0], str) and isinstance(values[2], str):
-            out[values[0]] = values[2]
-    return out
+SCENARIO_META = ("nodeid", "flaw", "expect", "schedule", "seed", "reproduce")
 
 
-def read_testlog(path: Path | None) -> list[dict[str, Any]]:
-    """The lines ``reports.pytest_plugin`` wrote (bad lines are skipped: the log only adds detail)."""
-    if path is None or not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("start"), (int, float)):
-            out.append(rec)
-    return out
-
-
-def match_test(
-    folder: Path, written: float, tests: list[dict[str, Any]], slack: float = 1.0
-) -> dict[str, Any] | None:
-    """The test during whose call *folder* was written (same xdist worker when there are several)."""
-    mine = [t for t in tests if t.get("worker") and t["worker"] in folder.parts] or tests
-    exact = [t for t in mine if t["start"] <= written <= t.get("stop", t["start"])]
-    hits = exact or [t for t in mine if t["start"] - slack <= written <= t.get("stop", t["start"]) + slack]
-    return hits[0] if len(hits) == 1 else None  # ambiguous: no guess
-
-
-def ingest_scenario_dirs(root: Path, recorder: RunRecorder, testlog: Path | None = None) -> int:
+def ingest_scenario_dirs(root: Path, recorder: RunRecorder) -> int:
     """Record each scenario folder under *root* (``verdicts.json`` + ``history.jsonl``); returns how many."""
-    expectations = flaw_expectations()
-    tests = read_testlog(testlog)
     n = 0
     for vfile in sorted(root.rglob("verdicts.json"), key=lambda p: p.stat().st_mtime):
         folder = vfile.parent
@@ -114,18 +82,12 @@ def ingest_scenario_dirs(root: Path, recorder: RunRecorder, testlog: Path | None
             "store": body.get("store"),
             "notes": body.get("notes") or {},
         }
-        test = match_test(folder, vfile.stat().st_mtime, tests)
-        fmea = body.get("fmea")
-        if test is not None:
-            meta["nodeid"] = test["nodeid"]
-            fmea = fmea if fmea is not None else test.get("fmea")
-        if name.startswith("flaw-"):
-            meta["flaw"] = name.removeprefix("flaw-")
-            if meta["flaw"] in expectations:
-                meta["expect"] = expectations[meta["flaw"]]
+        meta.update({k: body[k] for k in SCENARIO_META if body.get(k) is not None})
+        if "schedule" not in meta and isinstance(meta["notes"].get("schedule"), list):
+            meta["schedule"] = meta["notes"]["schedule"]
         recorder.add_scenario(
             name,
-            fmea,
+            body.get("fmea"),
             history,
             body.get("verdicts") or [],
             meta,
@@ -150,31 +112,44 @@ def _pytest_errors(junit: Path) -> list[str]:
     return out
 
 
+def is_module(target: str) -> bool:
+    """A dotted module name (``scenarios``, ``scenarios.test_fmea1_storage``), not a path or node id."""
+    return bool(target) and all(part.isidentifier() for part in target.split("::")[0].split("."))
+
+
+PLUGIN = "chaos.plugin"
+
+
+def plugin_registered() -> bool:
+    """Whether pytest loads the lab's plugin by itself (the ``pytest11`` entry point of an install)."""
+    return any(ep.value == PLUGIN for ep in metadata.entry_points(group="pytest11"))
+
+
 def pytest_command(request: SuiteRequest, scenario_dir: Path, junit: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "pytest", *request.suites, "-p", "no:cacheprovider", "-q"]
-    cmd += ["-p", "reports.pytest_plugin"]
-    cmd += ["--run-dir", str(scenario_dir), f"--junitxml={junit}"]
+    targets = list(request.suites)
+    cmd = [sys.executable, "-m", "pytest", *targets, "-p", "no:cacheprovider", "-q"]
+    if not plugin_registered():  # e.g. the package is on sys.path without being installed
+        cmd += ["-p", PLUGIN]
+    if any(is_module(t) and not Path(t).exists() for t in targets):
+        cmd.append("--pyargs")
+    # The run dir must not be taken for a test path when pytest guesses its rootdir: pin both.
+    cmd += [f"--rootdir={request.cwd or os.getcwd()}", f"--run-dir={scenario_dir}", f"--junitxml={junit}"]
     if request.broker_cmd:
         cmd += ["--broker-cmd", request.broker_cmd]
     if request.store:
         cmd += ["--store", request.store]
+    if request.intensity:
+        cmd += ["--intensity", request.intensity]
     if request.select:
         cmd += ["-k", request.select]
     return cmd + list(request.pytest_args)
 
 
-def _stop(proc: subprocess.Popen[bytes], sig: int) -> None:
-    """Signal the child's whole process group, then make sure it is gone."""
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+def _stop(child: Child, sig: signal.Signals, grace: float = 15.0) -> None:
+    """Signal the child's whole process group, give it *grace* seconds to tear down, then kill it."""
+    child.signal(sig)
+    if not child.exited(grace):
+        child.kill()
 
 
 def pytest_runner(request: SuiteRequest) -> None:
@@ -183,24 +158,34 @@ def pytest_runner(request: SuiteRequest) -> None:
         scenario_dir, junit = Path(tmp) / "scenarios", Path(tmp) / "pytest.xml"
         scenario_dir.mkdir()
         cmd = pytest_command(request, scenario_dir, junit)
-        testlog = Path(tmp) / "tests.jsonl"
+        # An outer pytest's worker id must not leak into the suites.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST_", "PYTEST_CURRENT"))}
-        env[TESTLOG_ENV] = str(testlog)  # an outer pytest's worker id must not leak into the suites
         if request.seed is not None:
             env["FASTPORT_LAB_SEED"] = str(request.seed)
         print(f"fastport-lab gate: running {' '.join(cmd[2:])}", flush=True)
         with contextlib.ExitStack() as stack:
             out = stack.enter_context(open(request.log, "ab")) if request.log else None
-            proc = subprocess.Popen(cmd, cwd=ROOT_DIR, env=env, start_new_session=True, stdout=out,
-                                    stderr=subprocess.STDOUT if out else None)
+            child = Child(
+                cmd,
+                name="pytest",
+                env=env,
+                inherit_env=False,
+                cwd=request.cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+            ).start()
         try:
-            rc = proc.wait(timeout=request.timeout)
-        except subprocess.TimeoutExpired:
-            _stop(proc, signal.SIGTERM)
-            raise EnvironmentProblem(f"the suites did not finish within {request.timeout:g}s") from None
+            finished = child.exited(request.timeout)
         except BaseException:
-            _stop(proc, signal.SIGINT)
+            # Ctrl-C, SIGTERM: let pytest tear its labs down, then keep what finished.
+            _stop(child, signal.SIGINT)
+            ingest_scenario_dirs(scenario_dir, request.recorder)
             raise
+        if not finished:
+            _stop(child, signal.SIGTERM)
+            ingest_scenario_dirs(scenario_dir, request.recorder)
+            raise EnvironmentProblem(f"the suites did not finish within {request.timeout:g}s")
+        rc = child.returncode
         errors = _pytest_errors(junit)
         if rc == 5:
             raise EnvironmentProblem(f"pytest collected no scenario from {' '.join(request.suites)}")
@@ -208,7 +193,7 @@ def pytest_runner(request: SuiteRequest) -> None:
             raise EnvironmentProblem(
                 f"pytest exited {rc} (interrupted, internal or usage error); see its output"
             )
-        n = ingest_scenario_dirs(scenario_dir, request.recorder, testlog)
+        n = ingest_scenario_dirs(scenario_dir, request.recorder)
         if errors:
             raise EnvironmentProblem(
                 f"{len(errors)} suite(s) could not set up the lab: " + "; ".join(errors[:5])

@@ -1,4 +1,4 @@
-"""Publish-to-deliver latency per phase (no-fault baseline vs each fault window).
+"""Publish-to-deliver latency compared per phase: the no-fault baseline against each fault window.
 
 Shared by the availability and isolation checkers: both ask "did real-time
 delivery to the subscribers that should be unaffected stay as fast and as
@@ -15,11 +15,30 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from chaos.checkers.facts import Facts, Message, in_any, window_evidence
-from chaos.checkers.verdict import Verdict, failed, latency_summary, listed, ms, passed, percentile, unknown
+from chaos.checkers.facts import Facts, PublishedMessage, in_any, window_evidence
+from chaos.checkers.stats import latency_summary, listed, ms, percentile
+from chaos.checkers.verdict import Verdict, failed, passed, unknown
 from chaos.history import FaultWindow
 
-Sample = tuple[Message, str, float]  # (message, recipient, latency seconds or inf)
+Sample = tuple[PublishedMessage, str, float]  # (message, recipient, latency seconds or inf)
+
+
+def message_samples(
+    facts: Facts, include: Callable[[str], bool] | None = None
+) -> list[tuple[PublishedMessage, list[Sample]]]:
+    """Each message with its samples, in publish order: the one definition of a latency sample.
+
+    Only messages with at least one sample are listed; *include* filters recipients.
+    """
+    out = []
+    for m in sorted(facts.messages.values(), key=lambda m: m.invoke_time):
+        required, _ = facts.recipients(m)
+        targets = [
+            c for c in required if (include is None or include(c)) and facts.online(c, m.invoke_time)
+        ]
+        if targets:
+            out.append((m, [(m, c, facts.latency(m, c)) for c in targets]))
+    return out
 
 
 def collect(
@@ -29,12 +48,7 @@ def collect(
     all_windows = facts.history.fault_windows()
     baseline: list[Sample] = []
     per_window: dict[int, list[Sample]] = {i: [] for i in range(len(windows))}
-    for m in sorted(facts.messages.values(), key=lambda m: m.invoke_time):
-        required, _ = facts.recipients(m)
-        targets = [c for c in required if include(c) and facts.online(c, m.invoke_time)]
-        if not targets:
-            continue
-        samples = [(m, c, facts.latency(m, c)) for c in targets]
+    for m, samples in message_samples(facts, include):
         hit = None
         for i, w in enumerate(windows):
             if w.contains(m.invoke_time, facts.end):

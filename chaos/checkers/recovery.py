@@ -1,0 +1,103 @@
+"""Recovery: after each fault, real-time delivery comes back, and how long that took.
+
+Per fault window (every fault the nemesis recorded) the evidence gives its
+latency and deliveries, and ``recovery_s``: from the fault's stop until the
+first message published after it reached every recipient within the baseline
+p99 (``factor x baseline p99 + slack``), i.e. delivery was normal again (when it
+never was, the rest of the run, flagged ``normal_by_end: false``). The
+baseline is every message published outside all fault windows (the latency
+checkers' definition, ``chaos.checkers.latency``). The gate holds
+``recovery_s`` to ``max_recovery_s`` and the baseline p99 to ``baseline_p99_ms``.
+
+Fails when, after a fault that landed, no message published later reached all
+of its recipients at all by the end of the run (delivery never resumed). A
+window followed by no traffic is listed but not judged; unknown when no window
+could be judged.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, bisect_right
+from typing import Any
+
+from chaos.checkers.facts import Facts, facts_of, window_evidence
+from chaos.checkers.latency import Sample, message_samples
+from chaos.checkers.stats import latency_summary, ms, percentile
+from chaos.checkers.verdict import Verdict, failed, passed, unknown
+from chaos.history import History
+
+NAME = "recovery"
+
+
+def _recovery(
+    groups: list[list[Sample]], times: list[float], stop: float, bound: float | None
+) -> float | None:
+    """Seconds from *stop* until a message published after it was delivered to all within *bound*."""
+    for group in groups[bisect_left(times, stop) :]:
+        lats = [s[2] for s in group]
+        if all(math.isfinite(v) and (bound is None or v <= bound) for v in lats):
+            return round(group[0][0].invoke_time + max(lats) - stop, 6)
+    return None
+
+
+def check_recovery(history: History | Facts, *, factor: float = 1.0, slack: float = 0.0) -> Verdict:
+    facts = facts_of(history)
+    h = facts.history
+    windows = h.fault_windows()
+    end = facts.end
+    per_message = message_samples(facts)
+    times = [m.invoke_time for m, _ in per_message]
+    groups = [g for _, g in per_message]
+    base = [
+        s[2] for m, g in per_message for s in g if not any(w.contains(m.invoke_time, end) for w in windows)
+    ]
+    finite = [v for v in base if math.isfinite(v)]
+    bound = factor * percentile(finite, 99) + slack if finite else None
+    deliver_times = sorted(ev.time for ev in h.by_f("deliver"))
+    ev: dict[str, Any] = {
+        "baseline": latency_summary(base),
+        "normal_bound_ms": ms(bound),
+        "windows": [],
+    }
+    never: list[str] = []
+    judged = 0
+    for w in windows:
+        stop = w.end if w.end is not None else end
+        in_w = [s[2] for m, g in per_message for s in g if w.contains(m.invoke_time, end)]
+        n_deliv = bisect_right(deliver_times, stop) - bisect_left(deliver_times, w.start)
+        row = window_evidence(w, h) | {
+            "duration_s": round(stop - w.start, 6),
+            "latency": latency_summary(in_w),
+            "deliveries": n_deliv,
+            "delivery_rate": round(n_deliv / (stop - w.start), 3) if stop > w.start else None,
+            "recovery_s": _recovery(groups, times, stop, bound),
+        }
+        later = bisect_left(times, stop) < len(times)
+        if later and row["recovery_s"] is None:
+            # Never normal again: count the whole rest of the run, so a time budget still sees it.
+            row["recovery_s"] = round(max(0.0, end - stop), 6)
+            row["normal_by_end"] = False
+            row["delivery_resumed"] = _recovery(groups, times, stop, None) is not None
+        if w.effective is not False and later:
+            judged += 1
+            if row.get("delivery_resumed") is False:
+                never.append(f"{w.name} at t={h.rel(w.start)}s")
+        ev["windows"].append(row)
+    if never:
+        return failed(
+            NAME,
+            "delivery never resumed after " + ", ".join(never) + ": no message published after the fault "
+            "reached all of its recipients by the end of the run.",
+            **ev,
+        )
+    if not judged:
+        why = "no fault window in the history" if not windows else "no message was published after a fault"
+        return unknown(NAME, f"recovery not measured: {why}.", **ev)
+    slowest = max((r["recovery_s"] or 0.0 for r in ev["windows"]), default=0.0)
+    return passed(
+        NAME,
+        f"delivery resumed after all {judged} fault window(s) followed by traffic; slowest return to "
+        f"normal {slowest:g}s.",
+        **ev,
+    )

@@ -1,0 +1,69 @@
+"""FMEA 1: storage slow, down, hung, reset or restarted must not stop or slow real-time delivery.
+
+Two subscribers and a publisher run a paced workload through a baseline phase,
+then one phase per storage fault (latency, proxy down, hang, connection reset,
+PostgreSQL stopped and started), then a recovery phase. The availability checker
+compares publish-to-deliver latency per fault window with the baseline; every
+published message must also reach both subscribers (at-least-once) unaltered, and
+once storage is back the publisher must learn each message's fate: exactly one
+``persisted`` or ``persist_failed`` (persistence-outcome).
+"""
+
+from __future__ import annotations
+
+from chaos.checkers import (
+    Facts,
+    check_at_least_once,
+    check_availability,
+    check_integrity,
+    check_persistence_outcomes,
+    check_recovery,
+)
+from chaos.checkers.availability import NAME as AVAILABILITY
+from chaos.checkers.verdict import Verdict, not_applicable
+from chaos.environment import Lab
+from chaos.faults import FaultUnsupported
+from chaos.nemesis import Nemesis
+from chaos.workload import answers, publish_paced, published_ids, settle, wait_outcomes
+
+TOPIC = "fmea1.orders"
+PER_PHASE = 15  # messages per phase; x2 subscribers = 30 latency samples per window
+RATE = 40.0  # publishes per second
+OUTCOME_TIMEOUT = 30.0  # hang timeout for persisted/persist_failed after recovery
+FACTOR, SLACK = 3.0, 0.2  # p99 during a fault <= 3 x baseline p99 + 200 ms (generous on 2 shared cores)
+FAULTS = ("storage-latency", "storage-down", "storage-hang", "storage-reset", "postgres-stop")
+
+
+async def storage_faults(lab: Lab, nemesis: Nemesis) -> list[Verdict]:
+    if not lab.config.durable:
+        return [not_applicable(AVAILABILITY, "the broker runs with --store memory")]
+    subs = [lab.subscriber(f"s{i}", [TOPIC]) for i in (1, 2)]
+    pub = lab.publisher("p")
+    for c in (*subs, pub):
+        await c.start()
+    tasks = await publish_paced(pub, TOPIC, PER_PHASE, RATE)  # baseline
+    for name in FAULTS:
+        fault = nemesis.fault(name)
+        why = fault.unsupported(lab)
+        if why is not None:
+            lab.notes.setdefault("unsupported", []).append(f"{name}: {why}")
+            continue
+        try:
+            async with nemesis.inject(fault):
+                tasks += await publish_paced(pub, TOPIC, PER_PHASE, RATE)
+        except FaultUnsupported as exc:
+            lab.notes.setdefault("unsupported", []).append(str(exc))
+        tasks += await publish_paced(pub, TOPIC, 3, RATE)  # a breath of normal operation between faults
+    tasks += await publish_paced(pub, TOPIC, PER_PHASE, RATE)  # recovery
+    results = await answers(tasks)
+    ids = published_ids(results)
+    await settle(lab.history, subs, ids)
+    await wait_outcomes(lab, pub, ids, timeout=OUTCOME_TIMEOUT)
+    facts = Facts(lab.history)
+    return [
+        check_availability(facts, factor=FACTOR, slack=SLACK),
+        check_at_least_once(facts),
+        check_integrity(facts),
+        check_persistence_outcomes(lab.history),
+        check_recovery(facts),
+    ]

@@ -1,0 +1,77 @@
+"""Workload helpers the suites share: paced publishing, waiting for deliveries and outcomes.
+
+Pacing at a rate is a workload shape, not synchronisation; every wait here
+waits for events in the history (:func:`chaos.clients.wait_for`) and records a
+hang, with what was still missing, instead of failing the scenario: the
+checkers then judge what was and was not delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+from chaos.clients import HangError, PublishAnswer, Publisher, Subscriber
+from chaos.environment import Lab
+from chaos.history import History
+from chaos.probes import probe_healthz
+
+
+async def publish_paced(
+    pub: Publisher, topic: str, count: int, rate: float = 50.0, payload: Any = None, timeout: float = 20.0
+) -> list[asyncio.Task[PublishAnswer]]:
+    """Start *count* publishes at *rate* per second without waiting for their answers.
+
+    Pacing at a rate is a workload shape, not synchronisation: each publish is its own
+    task, so a broker that blocks on one publish does not slow the schedule of the next
+    (latency is measured from each invoke). Await the returned tasks to collect answers.
+    """
+    tasks = []
+    for i in range(count):
+        body = payload if payload is not None else {"n": i}
+        tasks.append(asyncio.create_task(pub.publish(topic, body, timeout=timeout)))
+        await asyncio.sleep(1.0 / rate)
+    return tasks
+
+
+async def answers(tasks: Iterable[asyncio.Task[PublishAnswer]]) -> list[PublishAnswer]:
+    return list(await asyncio.gather(*tasks))
+
+
+async def settle(
+    history: History, subs: Iterable[Subscriber], ids: Iterable[str], timeout: float = 8.0
+) -> bool:
+    """Wait until every subscriber got every id; on a hang record it (the checkers judge) and go on.
+
+    The subscribers are awaited together, so a broker that lost messages costs one
+    *timeout*, not one per subscriber. The default outlasts PROTOCOL.md's first retry (5 s).
+    """
+    ids = list(ids)
+    subs = list(subs)
+    outcomes = await asyncio.gather(
+        *(s.wait_received(ids, timeout=timeout) for s in subs), return_exceptions=True
+    )
+    ok = True
+    for s, out in zip(subs, outcomes, strict=True):
+        if isinstance(out, HangError):
+            ok = False
+            history.append("lab", "info", "settle-timeout", value={"client": s.client_id, "reason": str(out)})
+        elif isinstance(out, BaseException):
+            raise out
+    return ok
+
+
+async def wait_outcomes(lab: Lab, pub: Publisher, ids: Iterable[str], timeout: float = 20.0) -> bool:
+    """Wait for each id's ``persisted`` / ``persist_failed``; on a hang record why (with ``/healthz``)."""
+    try:
+        await pub.wait_persisted(ids, timeout=timeout)
+        return True
+    except HangError as exc:
+        health = await probe_healthz(lab.port) if lab.port is not None else None
+        lab.history.append("lab", "info", "persist-timeout", value={"reason": str(exc), "healthz": health})
+        return False
+
+
+def published_ids(results: Iterable[PublishAnswer]) -> list[str]:
+    return [r.id for r in results if r.ok]
