@@ -1,41 +1,28 @@
-"""PostgreSQL for the lab and its tests: a throwaway embedded server, PATH binaries, or a given DSN.
+"""The embedded server: a throwaway PostgreSQL this process owns, on a free port of 127.0.0.1.
 
-The lab needs a PostgreSQL it can stop, SIGKILL and restart *on the same port*
-(its fault proxy points at that port), that starts in well under a second, and
-that never outlives the Python process that started it. So by default it runs
-``initdb`` and ``postgres`` itself from the binaries the ``pgserver`` wheel ships
-(no system install needed), on a free port of 127.0.0.1, in a temp dir.
+The lab needs a PostgreSQL it can stop, SIGKILL and restart *on the same port* (its fault proxy
+points at that port), that starts in well under a second, and that never outlives the Python
+process that started it. So it runs ``initdb`` (once per process, into a template every server
+copies) and ``postgres`` itself, in a temp dir, from the binaries :mod:`chaos.postgres.discovery`
+finds.
 
-Three sources, chosen by :func:`postgres_from_env`:
+Durability: fsync stays on and ``synchronous_commit`` stays on by default, so a SIGKILL of
+PostgreSQL itself (a lab fault) never loses a committed row; the checkers would otherwise blame
+the broker for the database's loss window. ``fsync=False`` (``FASTPORT_LAB_PG_FSYNC=off``) is an
+explicit opt-in: it is safe against process kills (the OS page cache survives) but not against an
+OS crash.
 
-* embedded (default): pgserver's binaries (``FASTPORT_LAB_PG_BIN=pgserver``), or
-  ``auto`` (PATH / ``pg_config --bindir``, else pgserver's), ``path`` (PATH only),
-  or a directory holding ``initdb`` and ``postgres``;
-* external: ``FASTPORT_LAB_PG_DSN=postgresql://...``; the lab creates its own
-  database there (random suffix) and drops it when done. stop/kill/restart raise
-  :class:`PostgresUnsupported` because the lab does not own that server.
-
-Durability: fsync stays on and ``synchronous_commit`` stays on by default, so a
-SIGKILL of PostgreSQL itself (a lab fault) never loses a committed row; the
-checkers would otherwise blame the broker for the database's loss window.
-``fsync=False`` (``FASTPORT_LAB_PG_FSYNC=off``) is an explicit opt-in: it is safe
-against process kills (the OS page cache survives) but not against an OS crash.
-
-No orphans: an ``atexit`` hook stops the server, and a tiny watchdog process (its
-own process group, reading a pipe from us) SIGKILLs the postmaster and its children
-and removes the temp dir when the pipe closes, which covers SIGTERM, SIGKILL
-and ``os._exit`` of the Python process, where ``atexit`` never runs.
+No orphans: an ``atexit`` hook stops the server, and a tiny watchdog process (its own process
+group, reading a pipe from us) SIGKILLs the postmaster and its children and removes the temp dir
+when the pipe closes, which covers SIGTERM, SIGKILL and ``os._exit`` of the Python process, where
+``atexit`` never runs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
-import importlib.util
 import os
-import re
-import secrets
 import shutil
 import signal
 import socket
@@ -45,84 +32,22 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-__all__ = [
-    "EmbeddedPostgres",
-    "ExternalPostgres",
-    "PostgresBinaries",
-    "PostgresEnvError",
-    "PostgresPortInUse",
-    "PostgresServer",
-    "PostgresUnsupported",
-    "find_binaries",
-    "alive",
-    "default_base_dir",
-    "postgres_from_env",
-    "server_processes",
-]
-
-HOST = "127.0.0.1"
-SUPERUSER = "postgres"
-_DB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-_T = TypeVar("_T")
-
-
-class PostgresEnvError(RuntimeError):
-    """The lab could not provide PostgreSQL; the message says why and what to change."""
-
-
-class PostgresPortInUse(PostgresEnvError):
-    """The TCP port PostgreSQL must listen on is taken by another process."""
-
-
-class PostgresUnsupported(PostgresEnvError):
-    """The operation needs a server the lab owns (stop/kill/restart on an external DSN)."""
-
-
-# --- helpers ----------------------------------------------------------------
-
-
-def _run_sync(make: Callable[[], Awaitable[_T]], timeout: float) -> _T:
-    """Run a coroutine to completion from sync code, also when called inside an event loop."""
-
-    async def bounded() -> _T:
-        return await asyncio.wait_for(make(), timeout)
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(bounded())
-    box: dict[str, Any] = {}
-
-    def runner() -> None:
-        try:
-            box["value"] = asyncio.run(bounded())
-        except BaseException as exc:  # handed to the calling thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=runner, name="fastport-pg-sync", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-def _check_db_name(name: str) -> str:
-    if not isinstance(name, str) or not _DB_NAME.fullmatch(name):
-        raise ValueError(f"bad database name {name!r}: use 1..63 of [A-Za-z0-9_], not starting with a digit")
-    return name
-
-
-def _with_database(dsn: str, database: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+from chaos.postgres.base import (
+    HOST,
+    SUPERUSER,
+    PostgresEnvError,
+    PostgresPortInUse,
+    PostgresServer,
+    check_db_name,
+    probe,
+    run_sync,
+)
+from chaos.postgres.discovery import PostgresBinaries, find_binaries
 
 
 def default_base_dir() -> str | None:
@@ -186,169 +111,6 @@ def alive(pids: list[int]) -> list[int]:
             continue
     return running
 
-
-async def _admin(dsn: str, statement: str, timeout: float) -> None:
-    conn = await asyncpg.connect(dsn, timeout=timeout, command_timeout=timeout)
-    try:
-        await conn.execute(statement)
-    finally:
-        conn.terminate()
-
-
-async def _probe(dsn: str, timeout: float) -> None:
-    conn = await asyncpg.connect(dsn, timeout=timeout, command_timeout=timeout)
-    try:
-        await conn.fetchval("SELECT 1")
-    finally:
-        conn.terminate()
-
-
-# --- binaries -----------------------------------------------------------------
-
-
-class PostgresBinaries:
-    """Where ``initdb`` and ``postgres`` live, and which source they came from."""
-
-    def __init__(self, bindir: Path, source: str) -> None:
-        self.bindir = Path(bindir)
-        self.source = source
-        self.initdb = self.bindir / "initdb"
-        self.postgres = self.bindir / "postgres"
-        missing = [p.name for p in (self.initdb, self.postgres) if not os.access(p, os.X_OK)]
-        if missing:
-            raise PostgresEnvError(
-                f"{' and '.join(missing)} not found or not executable in {self.bindir} ({source})"
-            )
-
-    def __repr__(self) -> str:
-        return f"PostgresBinaries({str(self.bindir)!r}, source={self.source!r})"
-
-
-def _pgserver_bindir() -> Path:
-    # pgserver._commands.POSTGRES_BIN_PATH, found without importing pgserver (its import is slow and noisy)
-    spec = importlib.util.find_spec("pgserver")
-    if spec is None or not spec.submodule_search_locations:
-        raise PostgresEnvError(
-            "the pgserver package is not installed (pip install 'pgserver>=0.1.4,<0.2'), "
-            "or set FASTPORT_LAB_PG_BIN=path to use PostgreSQL from PATH"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-
-
-def _path_bindir() -> Path | None:
-    initdb = shutil.which("initdb")
-    if initdb:
-        return Path(os.path.realpath(initdb)).parent
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        try:
-            out = subprocess.run(
-                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        bindir = Path(out.stdout.strip())
-        if (bindir / "initdb").exists():
-            return bindir
-    return None
-
-
-def find_binaries(spec: str | None = None) -> PostgresBinaries:
-    """Resolve ``FASTPORT_LAB_PG_BIN``: ``pgserver`` (default), ``auto``, ``path`` or a directory."""
-    spec = (spec or "pgserver").strip()
-    if spec == "pgserver":
-        return PostgresBinaries(_pgserver_bindir(), "pgserver")
-    if spec in ("auto", "path"):
-        bindir = _path_bindir()
-        if bindir is not None:
-            return PostgresBinaries(bindir, "PATH")
-        if spec == "path":
-            raise PostgresEnvError(
-                "FASTPORT_LAB_PG_BIN=path: no initdb on PATH and no usable `pg_config --bindir`; "
-                "install PostgreSQL server binaries or use FASTPORT_LAB_PG_BIN=pgserver"
-            )
-        return PostgresBinaries(_pgserver_bindir(), "pgserver")
-    path = Path(spec).expanduser()
-    if not path.is_dir():
-        raise PostgresEnvError(
-            f"FASTPORT_LAB_PG_BIN={spec!r} is neither 'pgserver', 'auto', 'path' nor an existing directory"
-        )
-    return PostgresBinaries(path, str(path))
-
-
-# --- the common interface ----------------------------------------------------
-
-
-class PostgresServer:
-    """What the lab needs from a PostgreSQL, wherever it comes from."""
-
-    host: str
-    port: int
-    can_restart: bool = False  # stop/kill/restart supported (embedded only)
-
-    def start(self) -> PostgresServer:
-        raise NotImplementedError
-
-    def stop(self, timeout: float = 10.0) -> None:
-        raise NotImplementedError
-
-    def kill(self) -> None:
-        raise NotImplementedError
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    @property
-    def is_running(self) -> bool:
-        raise NotImplementedError
-
-    def dsn(self, database: str | None = None) -> str:
-        raise NotImplementedError
-
-    def _admin_dsn(self) -> str:
-        raise NotImplementedError
-
-    def create_database(self, name: str, *, timeout: float = 30.0) -> str:
-        """Create database ``name`` (fails if it exists) and return its DSN."""
-        _check_db_name(name)
-        try:
-            _run_sync(lambda: _admin(self._admin_dsn(), f'CREATE DATABASE "{name}"', timeout), timeout + 1)
-        except (TimeoutError, asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise PostgresEnvError(
-                f"cannot create database {name!r} on {self.host}:{self.port}: {exc}"
-            ) from exc
-        return self.dsn(name)
-
-    def drop_database(self, name: str, *, timeout: float = 30.0) -> None:
-        """Drop database ``name`` if it exists, disconnecting its clients first (WITH (FORCE))."""
-        _check_db_name(name)
-        try:
-            _run_sync(
-                lambda: _admin(self._admin_dsn(), f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', timeout),
-                timeout + 1,
-            )
-        except (TimeoutError, asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise PostgresEnvError(
-                f"cannot drop database {name!r} on {self.host}:{self.port}: {exc}"
-            ) from exc
-
-    def __enter__(self) -> PostgresServer:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-# --- embedded -------------------------------------------------------------------
 
 _WATCHDOG = r"""
 import os, shutil, signal, sys
@@ -550,7 +312,7 @@ class EmbeddedPostgres(PostgresServer):
     def dsn(self, database: str | None = None) -> str:
         if not self.port:
             raise PostgresEnvError("EmbeddedPostgres has no port yet: call start() first")
-        return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/{_check_db_name(database or 'postgres')}"
+        return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/{check_db_name(database or 'postgres')}"
 
     def _admin_dsn(self) -> str:
         return self.dsn("postgres")
@@ -751,7 +513,7 @@ class EmbeddedPostgres(PostgresServer):
                 )
             if self._pidfile_ready(pidfile, proc.pid):
                 try:
-                    _run_sync(lambda: _probe(self.dsn("postgres"), 2.0), 3.0)
+                    run_sync(lambda: probe(self.dsn("postgres"), 2.0), 3.0)
                     return
                 except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                     pass
@@ -801,134 +563,3 @@ class EmbeddedPostgres(PostgresServer):
         self._proc = None
         if self._watchdog is not None:
             self._watchdog.watch(0)
-
-
-# --- external (DSN) -------------------------------------------------------------
-
-
-class ExternalPostgres(PostgresServer):
-    """A server the lab does not own: it only creates and drops its own databases there."""
-
-    can_restart = False
-
-    def __init__(self, dsn: str, *, timeout: float = 10.0) -> None:
-        parts = urlsplit(dsn.strip()) if isinstance(dsn, str) else None
-        if parts is None or parts.scheme not in ("postgres", "postgresql") or not parts.hostname:
-            raise PostgresEnvError(
-                "FASTPORT_LAB_PG_DSN must be a URI like postgresql://user:password@host:5432/postgres "
-                f"(got {dsn!r})"
-            )
-        try:
-            self.port = parts.port or 5432
-        except ValueError as exc:
-            raise PostgresEnvError(f"FASTPORT_LAB_PG_DSN has a bad port: {exc}") from exc
-        self.host = parts.hostname
-        self._admin = dsn.strip()
-        self._timeout = timeout
-        self.database = f"fastport_lab_{secrets.token_hex(4)}"
-        self._created = False
-        self._closed = False
-
-    @property
-    def is_running(self) -> bool:
-        return self._created and not self._closed
-
-    def dsn(self, database: str | None = None) -> str:
-        return _with_database(self._admin, _check_db_name(database or self.database))
-
-    def _admin_dsn(self) -> str:
-        return self._admin
-
-    def start(self) -> ExternalPostgres:
-        if self._closed:
-            raise PostgresEnvError("this ExternalPostgres was closed; create a new one")
-        if self._created:
-            return self
-        try:
-            _run_sync(lambda: _probe(self._admin, self._timeout), self._timeout + 1)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise PostgresEnvError(
-                f"cannot connect to FASTPORT_LAB_PG_DSN server {self.host}:{self.port}: {exc}"
-            ) from exc
-        self.create_database(self.database, timeout=self._timeout)
-        self._created = True
-        atexit.register(self.close)
-        return self
-
-    def _unsupported(self, what: str) -> PostgresUnsupported:
-        return PostgresUnsupported(
-            f"{what}() needs a PostgreSQL the lab owns; FASTPORT_LAB_PG_DSN points at an external server "
-            f"({self.host}:{self.port}). Unset it to use the embedded server."
-        )
-
-    def stop(self, timeout: float = 10.0) -> None:
-        raise self._unsupported("stop")
-
-    def kill(self) -> None:
-        raise self._unsupported("kill")
-
-    def restart(self) -> None:
-        raise self._unsupported("restart")
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        atexit.unregister(self.close)
-        if self._created:
-            self.drop_database(self.database, timeout=self._timeout)
-
-    def __enter__(self) -> ExternalPostgres:
-        super().__enter__()
-        return self
-
-    def __repr__(self) -> str:
-        return f"<ExternalPostgres {self.host}:{self.port} database={self.database}>"
-
-
-# --- factory ------------------------------------------------------------------
-
-
-_EMBEDDED_VARS = (
-    "FASTPORT_LAB_PG_BIN",
-    "FASTPORT_LAB_PG_PORT",
-    "FASTPORT_LAB_PG_FSYNC",
-    "FASTPORT_LAB_PG_DIR",
-)
-
-
-def postgres_from_env(env: Mapping[str, str] | None = None) -> PostgresServer:
-    """The lab's PostgreSQL as configured by the environment (not started yet; use ``with``).
-
-    ``FASTPORT_LAB_PG_DSN``  external server (URI); excludes the other variables.
-    ``FASTPORT_LAB_PG_BIN``  ``pgserver`` (default) | ``auto`` | ``path`` | a bin directory.
-    ``FASTPORT_LAB_PG_PORT`` fixed port for the embedded server (default: a free one).
-    ``FASTPORT_LAB_PG_FSYNC`` ``on`` (default) | ``off``.
-    ``FASTPORT_LAB_PG_DIR``  parent of the temp dir (default: /dev/shm when it has 1 GiB free,
-    else the system temp dir).
-    """
-    env = os.environ if env is None else env
-    dsn = env.get("FASTPORT_LAB_PG_DSN", "").strip()
-    embedded_vars = [k for k in _EMBEDDED_VARS if env.get(k)]
-    if dsn:
-        if embedded_vars:
-            raise PostgresEnvError(
-                f"FASTPORT_LAB_PG_DSN selects an external server; unset {', '.join(embedded_vars)} "
-                "(they only apply to the embedded server)"
-            )
-        return ExternalPostgres(dsn)
-    port_text = env.get("FASTPORT_LAB_PG_PORT", "0").strip() or "0"
-    if not port_text.isdigit() or int(port_text) > 65535:
-        raise PostgresEnvError(f"FASTPORT_LAB_PG_PORT={port_text!r} is not a port number (0..65535)")
-    fsync_text = env.get("FASTPORT_LAB_PG_FSYNC", "on").strip().lower() or "on"
-    if fsync_text not in ("on", "off", "1", "0", "true", "false"):
-        raise PostgresEnvError(f"FASTPORT_LAB_PG_FSYNC={fsync_text!r}: use on or off")
-    base_dir = env.get("FASTPORT_LAB_PG_DIR", "").strip() or None
-    if base_dir is not None and not os.path.isdir(base_dir):
-        raise PostgresEnvError(f"FASTPORT_LAB_PG_DIR={base_dir!r} is not an existing directory")
-    return EmbeddedPostgres(
-        binaries=find_binaries(env.get("FASTPORT_LAB_PG_BIN")),
-        port=int(port_text),
-        fsync=fsync_text in ("on", "1", "true"),
-        base_dir=base_dir,
-    )
