@@ -12,10 +12,10 @@ the broker for the database's loss window. ``fsync=False`` (``FASTPORT_LAB_PG_FS
 explicit opt-in: it is safe against process kills (the OS page cache survives) but not against an
 OS crash.
 
-No orphans: an ``atexit`` hook stops the server, and a tiny watchdog process (its own process
-group, reading a pipe from us) SIGKILLs the postmaster and its children and removes the temp dir
-when the pipe closes, which covers SIGTERM, SIGKILL and ``os._exit`` of the Python process, where
-``atexit`` never runs.
+No orphans: ``close()`` and an ``atexit`` hook stop the server and remove its temp dir; a
+:mod:`watchdog <chaos.postgres.watchdog>` process does the same when this process dies without
+running them (SIGKILL, default SIGTERM, ``os._exit``). After a ``kill()`` the SysV segment
+PostgreSQL cannot remove itself is released here.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -48,6 +47,7 @@ from chaos.postgres.base import (
     run_sync,
 )
 from chaos.postgres.discovery import PostgresBinaries, find_binaries
+from chaos.postgres.watchdog import Watchdog, kill_server, release_shared_memory, wait_gone
 
 
 def default_base_dir() -> str | None:
@@ -112,78 +112,6 @@ def alive(pids: list[int]) -> list[int]:
     return running
 
 
-_WATCHDOG = r"""
-import os, shutil, signal, sys
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-def children(ppid):
-    found = []
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return found
-    for name in names:
-        if name.isdigit():
-            try:
-                with open("/proc/%s/stat" % name) as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == ppid:
-                found.append(int(name))
-    return found
-
-pid = 0
-for line in sys.stdin:
-    line = line.strip()
-    if line.isdigit():
-        pid = int(line)
-if pid > 0:
-    for sig, targets in ((signal.SIGSTOP, [pid]), (signal.SIGKILL, children(pid) + [pid])):
-        for target in targets:
-            try:
-                os.kill(target, sig)
-            except OSError:
-                pass
-shutil.rmtree(sys.argv[1], ignore_errors=True)
-"""
-
-
-class _Watchdog:
-    """A helper process that, when our end of its pipe closes (we exit or die), kills the server
-    whose postmaster pid it was last told (0: none) and removes ``directory``."""
-
-    def __init__(self, directory: Path) -> None:
-        self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(directory)],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            process_group=0, close_fds=True,
-        )  # fmt: skip
-
-    def watch(self, pid: int) -> None:
-        proc = self._proc
-        if proc is not None and proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.write(f"{pid}\n".encode())
-                proc.stdin.flush()
-
-    def close(self) -> None:
-        """We cleaned up ourselves: tell it there is no server, let it exit (it removes the dir, if left)."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(OSError):
-            if proc.stdin is not None:
-                proc.stdin.write(b"0\n")
-                proc.stdin.close()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 class _Templates:
     """One initdb per process and (binaries, user, parent dir); each new server copies it.
 
@@ -193,7 +121,7 @@ class _Templates:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._dirs: dict[tuple[str, str | None, str | None], tuple[Path, _Watchdog]] = {}
+        self._dirs: dict[tuple[str, str | None, str | None], tuple[Path, Watchdog]] = {}
         atexit.register(self.close)
 
     def get(self, binaries: PostgresBinaries, user: str | None, parent: str | None) -> Path:
@@ -201,7 +129,7 @@ class _Templates:
         with self._lock:
             if key not in self._dirs:
                 base = Path(tempfile.mkdtemp(prefix="fastport-pg-template-", dir=parent))
-                watchdog = _Watchdog(base)
+                watchdog = Watchdog(base)
                 try:
                     if user is not None:
                         shutil.chown(base, user=user, group=user)
@@ -291,7 +219,7 @@ class EmbeddedPostgres(PostgresServer):
         self._base_parent = base_dir
         self._lock = threading.RLock()
         self._proc: subprocess.Popen[bytes] | None = None
-        self._watchdog: _Watchdog | None = None
+        self._watchdog: Watchdog | None = None
         self._parent: str | None = None
         self._user: str | None = None
         self.base_dir: Path | None = None
@@ -323,6 +251,8 @@ class EmbeddedPostgres(PostgresServer):
                 raise PostgresEnvError("this EmbeddedPostgres was closed; create a new one")
             if self.is_running:
                 return self
+            if self._proc is not None:  # died on its own (crash, a kill from outside): reap, free memory
+                self._reap(self._proc, [])
             if self.data_dir is None:
                 self._init_cluster()
             first = self.port == 0
@@ -404,7 +334,7 @@ class EmbeddedPostgres(PostgresServer):
             self._parent = None if parent is None else str(parent)
             self.base_dir = Path(tempfile.mkdtemp(prefix="fastport-pg-", dir=parent))
             atexit.register(self.close)
-            self._watchdog = _Watchdog(self.base_dir)
+            self._watchdog = Watchdog(self.base_dir)
             if self._user is not None:
                 shutil.chown(self.base_dir, user=self._user, group=self._user)
         data_dir = self.base_dir / "data"
@@ -481,7 +411,7 @@ class EmbeddedPostgres(PostgresServer):
                 raise PostgresEnvError(f"cannot run {self.binaries.postgres}: {exc}") from exc
         self._proc = proc
         if self._watchdog is not None:
-            self._watchdog.watch(proc.pid)
+            self._watchdog.watch(proc.pid, self.data_dir)
         try:
             self._wait_ready(proc, offset)
         except BaseException:
@@ -536,30 +466,33 @@ class EmbeddedPostgres(PostgresServer):
 
     @staticmethod
     def _kill_server(proc: subprocess.Popen[bytes]) -> list[int]:
-        """Freeze the postmaster (no new children), then SIGKILL it and all its children."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(proc.pid, signal.SIGSTOP)
-        pids = server_processes(proc.pid) or [proc.pid]
-        for pid in reversed(pids):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        return pids
+        """Freeze the postmaster (no new children), then SIGKILL it and all its children.
+
+        The postmaster is our child, so its pid stays its own until we reap it: no pidfd needed.
+        """
+        return kill_server(proc.pid) or [proc.pid]
 
     def _reap(self, proc: subprocess.Popen[bytes], pids: list[int]) -> None:
-        """Wait until the postmaster and each of ``pids`` are gone: a restart needs port and memory free."""
+        """Wait until the postmaster and each of ``pids`` are gone, then free the SysV segment it left.
+
+        A restart needs port and memory free. A clean shutdown removes the segment itself; after a
+        SIGKILL it would outlive the server (and the lab) unless released here.
+        """
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             pids = self._kill_server(proc)
             proc.wait()
-        deadline = time.monotonic() + 10
-        while survivors := alive(pids):
-            if time.monotonic() > deadline:
-                raise PostgresEnvError(f"PostgreSQL processes {survivors} survived SIGKILL")
+        survivors = wait_gone(pids, 5.0)
+        if survivors:  # e.g. a child forked between our SIGSTOP and the kernel stopping the postmaster
             for pid in survivors:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
-            time.sleep(0.005)  # polling for the kernel to finish the kill
+            if survivors := wait_gone(survivors, 5.0):
+                raise PostgresEnvError(f"PostgreSQL processes {survivors} survived SIGKILL")
         self._proc = None
+        if self.data_dir is not None:
+            # children of a postmaster killed by someone else die on their own, shortly: wait for them
+            release_shared_memory(self.data_dir, proc.pid, wait=5.0)
         if self._watchdog is not None:
             self._watchdog.watch(0)
