@@ -49,6 +49,8 @@ from chaos.postgres.base import (
 from chaos.postgres.discovery import PostgresBinaries, find_binaries
 from chaos.postgres.watchdog import Watchdog, kill_server, release_shared_memory, wait_gone
 
+DSM_TYPE = "mmap"
+
 
 def default_base_dir() -> str | None:
     """Where embedded servers put their temp dir: RAM (/dev/shm) when it has room, else the system temp.
@@ -210,6 +212,12 @@ class EmbeddedPostgres(PostgresServer):
     ) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise PostgresEnvError(f"bad port {port!r}: use 0 (a free port) or 1..65535")
+        dsm = (settings or {}).get("dynamic_shared_memory_type", DSM_TYPE)
+        if dsm != DSM_TYPE:
+            raise PostgresEnvError(
+                f"dynamic_shared_memory_type={dsm!r}: the embedded server needs {DSM_TYPE!r}; other types "
+                "keep segments outside its temp dir, which a killed server would leave behind"
+            )
         self.binaries = binaries or find_binaries()
         self.host = HOST
         self.port = port
@@ -384,6 +392,9 @@ class EmbeddedPostgres(PostgresServer):
             "max_wal_senders": "0",
             "jit": "off",
             "max_wal_size": "256MB",  # bounds the WAL kept in the temp dir (RAM on tmpfs)
+            # dynamic shared memory as files in data_dir/pg_dynshmem, not /dev/shm/PostgreSQL.*: a killed
+            # server's segments then go with its temp dir (and its next start clears them)
+            "dynamic_shared_memory_type": DSM_TYPE,
             "min_wal_size": "32MB",
             "log_min_messages": "warning",
             "log_line_prefix": "%m [%p] ",
