@@ -20,7 +20,6 @@ from chaos.postgres import watchdog
 from tests.footprint import running, shm_remove, shm_segments
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parent.parent
 
 IPC_CREAT, IPC_EXCL = 0o1000, 0o2000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -175,15 +174,14 @@ def test_a_server_that_already_died_still_has_its_segment_released(fake: FakeSer
     assert not fake.segment_alive() and not fake.base.exists()
 
 
-def test_module_entry_point(tmp_path: Path) -> None:
-    usage = subprocess.run([sys.executable, "-m", "chaos.postgres.watchdog"], cwd=ROOT, capture_output=True)
+def test_command_line(tmp_path: Path) -> None:
+    """What Watchdog runs, as a script of its own: usage errors, and a plain exit when told nothing runs."""
+    usage = subprocess.run(watchdog.command(tmp_path)[:-1], capture_output=True, timeout=30)
     assert usage.returncode == 2 and b"usage" in usage.stderr
     directory = tmp_path / "d"
     directory.mkdir()
-    run = subprocess.run(
-        [sys.executable, "-m", "chaos.postgres.watchdog", str(directory)], cwd=ROOT, input=b"0\n", timeout=30
-    )
-    assert run.returncode == 0 and not directory.exists()
+    run = subprocess.run(watchdog.command(directory), input=b"0\n", capture_output=True, timeout=30)
+    assert (run.returncode, run.stderr) == (0, b"") and not directory.exists()
 
 
 # --- release_shared_memory: only the dead server's own segment ------------------------

@@ -6,8 +6,10 @@ a child process in its own process group (a Ctrl-C or ``killpg`` of the lab's gr
 that holds the read end of a pipe from its owner. The owner writes what is running; when the pipe
 closes, the watchdog reclaims the server last named, removes the directory and exits::
 
-    python -I -S .../chaos/postgres/watchdog.py DIR     # what Watchdog runs: stdlib only, ~10 ms
-    python -m chaos.postgres.watchdog DIR               # the same, by module name
+    python -I -S .../chaos/postgres/watchdog.py DIR     # command(DIR): stdlib only, starts in ~20 ms
+
+    (``python -m chaos.postgres.watchdog DIR`` runs the same main(), but imports the whole
+    package first: slower, and runpy warns that the module was already imported.)
 
     stdin, one line each, the last one counts:
       PID DATA_DIR   the running postmaster and its data directory
@@ -33,18 +35,16 @@ here, so the watchdog starts fast and never imports the lab (asyncpg, psutil).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
-SYSV_SHM = Path("/proc/sysvipc/shm")
+# Imported lazily or not at all (dataclasses, pathlib, contextlib, ctypes, shutil): each watchdog
+# is a fresh interpreter on every server start, on machines with two shared cores.
+SYSV_SHM = "/proc/sysvipc/shm"
 IPC_RMID = 0  # <sys/ipc.h>, the same on Linux and the BSDs
 
 
@@ -159,29 +159,35 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
 # --- the SysV segment -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Pidfile:
     """What ``postmaster.pid`` says: which postmaster wrote it and the SysV segment it created."""
 
-    pid: int
-    shm_key: int | None
-    shm_id: int | None
+    __slots__ = ("pid", "shm_key", "shm_id")
+
+    def __init__(self, pid: int, shm_key: int | None, shm_id: int | None) -> None:
+        self.pid, self.shm_key, self.shm_id = pid, shm_key, shm_id
+
+    def __repr__(self) -> str:
+        return f"Pidfile(pid={self.pid}, shm_key={self.shm_key}, shm_id={self.shm_id})"
 
 
-@dataclass(frozen=True)
 class Segment:
-    """One row of /proc/sysvipc/shm."""
+    """One row of /proc/sysvipc/shm: key, id, creator pid, number of processes attached."""
 
-    key: int
-    shmid: int
-    cpid: int  # creator
-    nattch: int  # processes attached
+    __slots__ = ("key", "shmid", "cpid", "nattch")
+
+    def __init__(self, key: int, shmid: int, cpid: int, nattch: int) -> None:
+        self.key, self.shmid, self.cpid, self.nattch = key, shmid, cpid, nattch
+
+    def __repr__(self) -> str:
+        return f"Segment(key={self.key}, shmid={self.shmid}, cpid={self.cpid}, nattch={self.nattch})"
 
 
 def read_pidfile(data_dir: str | os.PathLike[str]) -> Pidfile | None:
     """``postmaster.pid`` of ``data_dir``: line 1 the postmaster pid, line 7 ``KEY SHMID`` (None: no file)."""
     try:
-        lines = Path(data_dir, "postmaster.pid").read_text().splitlines()
+        with open(os.path.join(data_dir, "postmaster.pid")) as f:
+            lines = f.read().splitlines()
         pid = int(lines[0])
     except (OSError, ValueError, IndexError):
         return None
@@ -196,7 +202,8 @@ def read_pidfile(data_dir: str | os.PathLike[str]) -> Pidfile | None:
 def sysv_segments() -> dict[int, Segment]:
     """The SysV shared memory segments the kernel holds, by shmid (empty where /proc has no sysvipc)."""
     try:
-        lines = SYSV_SHM.read_text().splitlines()
+        with open(SYSV_SHM) as f:
+            lines = f.read().splitlines()
     except OSError:
         return {}
     header = lines[0].split() if lines else []
@@ -272,10 +279,7 @@ def command(directory: str | os.PathLike[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print(
-            "usage: python -m chaos.postgres.watchdog DIR  (stdin: 'PID DATA_DIR' or '0' lines)",
-            file=sys.stderr,
-        )
+        print("usage: watchdog.py DIR  (stdin: 'PID DATA_DIR' or '0' lines)", file=sys.stderr)
         return 2
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # only the pipe closing ends it
@@ -288,10 +292,14 @@ def main(argv: list[str] | None = None) -> int:
             os.close(pidfd)
         pid, pidfd, data_dir = int(fields[0]), None, os.fsdecode(fields[1]) if len(fields) > 1 else ""
         if pid:
-            with contextlib.suppress(AttributeError, OSError):
+            try:
                 pidfd = os.pidfd_open(pid)  # pins this very process: a reused pid is never killed
+            except (AttributeError, OSError):
+                pidfd = None
     if pid:
         reclaim(pid, data_dir, pidfd=pidfd)
+    import shutil
+
     shutil.rmtree(args[0], ignore_errors=True)
     return 0
 
@@ -315,19 +323,23 @@ class Watchdog:
         if proc is None or proc.stdin is None:
             return
         line = f"{pid} {os.fspath(data_dir)}\n" if pid and data_dir is not None else "0\n"
-        with contextlib.suppress(OSError):
+        try:
             proc.stdin.write(os.fsencode(line))
             proc.stdin.flush()
+        except OSError:  # it died: nothing to tell
+            pass
 
     def close(self) -> None:
         """We cleaned up ourselves: tell it nothing runs, let it exit (it removes the dir, if left)."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        with contextlib.suppress(OSError):
+        try:
             if proc.stdin is not None:
                 proc.stdin.write(b"0\n")
                 proc.stdin.close()
+        except OSError:
+            pass
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
