@@ -14,6 +14,8 @@ One module per concern:
 * :mod:`~chaos.postgres.base`: errors, the :class:`PostgresServer` interface, admin SQL;
 * :mod:`~chaos.postgres.discovery`: which ``initdb`` and ``postgres`` to run;
 * :mod:`~chaos.postgres.embedded`: :class:`EmbeddedPostgres`, the server the lab owns;
+* :mod:`~chaos.postgres.watchdog`: reclaims a killed server (processes, SysV segment, temp dir),
+  also as a child process that outlives a SIGKILLed lab;
 * :mod:`~chaos.postgres.external`: :class:`ExternalPostgres`, a DSN the lab only borrows;
 * :mod:`~chaos.postgres.config`: :func:`postgres_from_env`.
 """
