@@ -76,22 +76,27 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def is_gone(pid: int) -> bool:
-    """``pid`` has exited: no such process, or a zombie (it holds no port, memory or file any more)."""
+def _state(pid: int) -> bytes | None:
+    """The state letter of ``pid`` from /proc (R, S, T, Z, ...); None: no such process (or no /proc)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
+            return f.read().rsplit(b")", 1)[1].split()[0]
     except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
+        return None
+
+
+def is_gone(pid: int) -> bool:
+    """``pid`` has exited: no such process, or a zombie (it holds no port, memory or file any more)."""
+    state = _state(pid)
+    if state is not None:
+        return state in (b"Z", b"X")
+    try:  # no /proc entry to read: ask the kernel whether the pid exists at all
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
         return False
-    return state in (b"Z", b"X")
+    return False
 
 
 def _signal(pid: int, sig: int, pidfd: int | None = None) -> bool:
@@ -115,6 +120,11 @@ def kill_server(pid: int, pidfd: int | None = None) -> list[int]:
     """
     if not _signal(pid, signal.SIGSTOP, pidfd):
         return []
+    # kill() returns once the signal is queued; a fork() under way still completes. Listing the
+    # children only once the postmaster is stopped means none is missed (and left attached).
+    deadline = time.monotonic() + 1.0
+    while _state(pid) not in (b"T", b"t", b"Z", b"X", None) and time.monotonic() < deadline:
+        time.sleep(0.0005)  # polling: a non-child's stop has no event to wait on
     family = descendants(pid)
     for child in reversed(family):
         _signal(child, signal.SIGKILL)
