@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -27,6 +29,7 @@ from chaos.postgres import (
     find_binaries,
     postgres_from_env,
 )
+from tests.footprint import Footprint
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,14 +57,6 @@ def postgres_processes_for(data_dir: Path) -> list[str]:
     cmd = ["ps", "-ww", "-eo", "stat=,args="]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return [line for line in out.splitlines() if str(data_dir) in line and not line.lstrip().startswith("Z")]
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 # --- lifecycle ------------------------------------------------------------------
@@ -140,16 +135,36 @@ def test_close_on_exception_inside_with_block() -> None:
     assert base is not None and not base.exists() and not pg.is_running
 
 
+def exited(pid: int, timeout: float = 30.0) -> None:
+    """Wait for ``pid`` (not our child) to exit: its pidfd turns readable."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        assert select.select([fd], [], [], timeout)[0], f"process {pid} still running after {timeout} s"
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT", "os._exit"])
 def test_no_orphans_when_python_dies(tmp_path: Path, how: str) -> None:
-    """Ctrl-C runs atexit; SIGKILL, default SIGTERM and os._exit do not: then the watchdog cleans up."""
+    """Ctrl-C runs atexit; SIGKILL, default SIGTERM and os._exit do not: then the watchdog cleans up.
+
+    Either way, once the watchdogs exited, nothing of the server is left: no process, no SysV
+    segment, no shared memory file, no temp dir, no initdb template.
+    """
     script = textwrap.dedent(
         """
-        import os, sys
+        import json, os, sys
         from chaos.postgres import EmbeddedPostgres, _TEMPLATES
+        from tests.footprint import Footprint
         pg = EmbeddedPostgres().start()
-        (template, _), = _TEMPLATES._dirs.values()
-        print(",".join(map(str, pg.processes())), pg.data_dir, pg.base_dir, template, flush=True)
+        (template, template_dog), = _TEMPLATES._dirs.values()
+        fp = Footprint(pg.base_dir, pg.data_dir)
+        fp.observe(pg.processes())
+        dogs = [pg._watchdog.pid, template_dog.pid]
+        print(json.dumps({"fp": fp.as_json(), "template": str(template), "dogs": dogs}), flush=True)
         if sys.argv[1] == "os._exit":
             os._exit(3)
         sys.stdin.read()  # wait to be killed
@@ -162,22 +177,27 @@ def test_no_orphans_when_python_dies(tmp_path: Path, how: str) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
+    fp = None
     try:
         assert proc.stdout is not None
-        pids_text, data_dir, base_dir, template = proc.stdout.readline().split()
+        seen = json.loads(proc.stdout.readline())
+        fp = Footprint.from_json(seen["fp"])
         if how != "os._exit":
             proc.send_signal(getattr(signal, how))
         proc.wait(20)
+        for dog in seen["dogs"]:
+            exited(dog)
+        assert len(fp.pids) > 3  # postmaster and its children, each in its own session
+        assert fp.segments and fp.shared_files  # there was something to leave behind
+        assert fp.everything_left() == []
+        assert not Path(seen["template"]).exists()
+        assert postgres_processes_for(fp.data_dir) == []
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    pids = [int(p) for p in pids_text.split(",")]
-    assert len(pids) > 3  # postmaster and its children, each in its own session
-    wait_for(lambda: not alive(pids), what="postgres processes to die")
-    wait_for(lambda: not Path(base_dir).exists(), what="temp dir removal")
-    wait_for(lambda: not Path(template).exists(), what="initdb template removal")
-    assert postgres_processes_for(Path(data_dir)) == []
+        if fp is not None:
+            fp.clean_up()
 
 
 def test_start_and_create_database_from_inside_an_event_loop(pg_owned: EmbeddedPostgres) -> None:
