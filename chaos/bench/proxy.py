@@ -28,8 +28,9 @@ import time
 from typing import Any
 
 from chaos.checkers.stats import percentile
+from chaos.supervisor import Child
 from chaos.toxiproxy.client import FaultProxy
-from chaos.toxiproxy.server import ToxiproxyProcess, _readline
+from chaos.toxiproxy.server import ToxiproxyProcess
 
 TARGET_ADDED_P50_US = 150.0
 TARGET_MBPS = 300.0
@@ -169,14 +170,14 @@ async def _create_proxies(url: str, ports: dict[str, int]) -> dict[str, int]:
 
 
 def run(round_trips: int, bulk_mb: int, repeats: int) -> dict[str, Any]:
-    backend = subprocess.Popen(
+    backend = Child(
         [sys.executable, "-m", "chaos.bench.proxy", "--serve-backends"],
+        name="bench-backends",
         stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
+        ready=lambda line: json.loads(line) if line.startswith("{") else None,
+    ).start()
     try:
-        assert backend.stdout is not None
-        direct = json.loads(_readline(backend.stdout, 30))
+        direct = backend.ready
         with ToxiproxyProcess() as tp:
             proxied = asyncio.run(_create_proxies(tp.url, direct))
             total = bulk_mb * 1024 * 1024
@@ -195,14 +196,8 @@ def run(round_trips: int, bulk_mb: int, repeats: int) -> dict[str, Any]:
             return results
     finally:
         if backend.stdin is not None:
-            backend.stdin.close()
-        try:
-            backend.wait(10)
-        except subprocess.TimeoutExpired:
-            backend.kill()
-            backend.wait(10)
-        if backend.stdout is not None:
-            backend.stdout.close()
+            backend.stdin.close()  # the backends exit when their stdin closes
+        backend.wait(10)
 
 
 def _verdict(ok: bool) -> str:

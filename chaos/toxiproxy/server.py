@@ -16,8 +16,6 @@ import logging
 import os
 import random
 import re
-import selectors
-import subprocess
 import sys
 import threading
 import time
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from chaos.supervisor import Child
 from chaos.toxiproxy import api_model as m
 from chaos.toxiproxy.collection import ProxyCollection
 from chaos.toxiproxy.http11 import MAX_HEAD, Request, Response, serve_connection
@@ -373,13 +372,25 @@ class ToxiproxyServer:
 # ---------------------------------------------------------------------------- in a process
 
 
+def json_line(line: str) -> dict[str, Any] | None:
+    """A JSON object printed on one line (the CLI's ``listening`` line), or None."""
+    if not line.lstrip().startswith("{"):
+        return None
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) and "port" in obj else None
+
+
 class ToxiproxyProcess:
-    """``fastport-lab toxiproxy`` in a child process; ``.url`` once the listening line is read."""
+    """``fastport-lab toxiproxy`` in a child process (a :class:`chaos.supervisor.Child`); ``.url`` once it
+    listens. It dies with the lab however the lab ends."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, args: list[str] | None = None) -> None:
         self.cmd = [sys.executable, "-m", "chaos.toxiproxy.cli", "--host", host, "--port", str(port)]
         self.cmd += args or []
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
         self.host = host
         self.port = port
         self.info: dict[str, Any] = {}
@@ -389,53 +400,17 @@ class ToxiproxyProcess:
         return self.info["url"]
 
     def start(self, timeout: float = 30.0) -> ToxiproxyProcess:
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        assert self.proc.stdout is not None
-        try:
-            line = _readline(self.proc.stdout, timeout)
-            if not line:
-                raise RuntimeError(f"toxiproxy exited early with code {self.proc.wait(5)}")
-            self.info = json.loads(line)
-        except BaseException:
-            self.stop()
-            raise
+        self.child = Child(self.cmd, name="toxiproxy", ready=json_line, ready_timeout=timeout).start()
+        self.info = self.child.ready
         self.host, self.port = self.info["host"], self.info["port"]
         return self
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
-        if proc.stdout is not None:
-            proc.stdout.close()
-        return proc.returncode
+        child, self.child = self.child, None
+        return None if child is None else child.terminate(timeout)
 
     def __enter__(self) -> ToxiproxyProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _readline(stream: Any, timeout: float) -> bytes:
-    """One line from a pipe, or TimeoutError (a hang, not a race: the child prints when listening)."""
-    deadline = time.monotonic() + timeout
-    buf = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(stream, selectors.EVENT_READ)
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                raise TimeoutError("toxiproxy did not report its address in time")
-            chunk = os.read(stream.fileno(), 4096)
-            if not chunk:
-                return buf
-            buf += chunk
-    return buf.split(b"\n", 1)[0]

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from chaos.toxiproxy.server import _readline
+from chaos.supervisor import Child
+from chaos.toxiproxy.server import json_line
 from tests.toxiproxy.conftest import EchoServer, connect, port_of, recv_exact
 
 pytestmark = pytest.mark.integration
@@ -26,10 +27,9 @@ def test_cli_serves_config_and_stops_on_sigterm(tmp_path: Path, echo: EchoServer
          "toxics": [{"type": "latency", "attributes": {"latency": 10}}]},
         {"name": "off", "listen": "127.0.0.1:0", "upstream": echo.addr, "enabled": False},
     ]))  # fmt: skip
-    proc = subprocess.Popen([CLI, "toxiproxy", "-port", "0", "--config", str(config)], stdout=subprocess.PIPE)
+    proc = Child([CLI, "toxiproxy", "-port", "0", "--config", str(config)], ready=json_line).start()
     try:
-        assert proc.stdout is not None
-        info = json.loads(_readline(proc.stdout, 30))
+        info = proc.ready
         assert info["event"] == "listening" and info["host"] == "127.0.0.1" and info["port"] > 0
         proxies = requests.get(f"{info['url']}/proxies", timeout=10).json()
         assert set(proxies) == {"off", "pg"} and proxies["off"]["enabled"] is False
@@ -37,14 +37,10 @@ def test_cli_serves_config_and_stops_on_sigterm(tmp_path: Path, echo: EchoServer
         with connect(port_of(proxies["pg"]["listen"])) as s:
             s.sendall(b"hey")
             assert recv_exact(s, 3) == b"hey"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        proc.signal(signal.SIGTERM)
+        assert proc.exited(10) and proc.returncode == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        proc.kill()
 
 
 @pytest.mark.parametrize(
