@@ -8,6 +8,7 @@ fires when something hangs.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -225,6 +226,33 @@ async def flush(pub: Peer, tag: str) -> None:
     ``persisted`` of a message nobody subscribes to comes after them."""
     await pub.publish("flush.nobody", None, tag)
     await pub.expect("persisted", id=tag)
+
+
+def noise(n: int) -> str:
+    return base64.b64encode(os.urandom(n)).decode()  # does not compress, so socket buffers really fill
+
+
+async def slow_reader_stalls(b: Foreign, count: int = 250) -> bool:
+    """True when a healthy reader is held up by one that stopped reading (the slow one comes first in
+    the fan-out). Closed loop: each message is published once the healthy reader got the last one, so
+    only the paused reader's backlog grows (its socket buffers, then the broker's queue for it)."""
+    slow = await Peer.open(b.url("zz-slow"))
+    fast = await Peer.open(b.url("aa-fast"))
+    pub = await Peer.open(b.url("pub"))
+    for p in (slow, fast):
+        await p.subscribe("wide")
+    slow.pause()
+    for i in range(count):
+        try:
+            async with asyncio.timeout(4.0):  # a stalled broker also stops reading the publisher
+                await pub.publish("wide", noise(48 << 10), f"w{i}")
+                first = await fast.expect("message", id=f"w{i}")
+                await fast.send(type="ack", id=first["id"])
+        except (TimeoutError, AssertionError):
+            return True
+        if first["attempt"] != 1:  # it missed the fan-out and only came with a retry
+            return True
+    return False
 
 
 class Relay:

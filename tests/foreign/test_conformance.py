@@ -7,15 +7,13 @@ storage faults, hydration after SIGKILL and what is left in its tables.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import socket
 import time
 
 import pytest
 
-from tests.foreign.harness import HANG, Foreign, Peer, Relay, drive, flush, table
+from tests.foreign.harness import HANG, Foreign, Peer, Relay, drive, flush, slow_reader_stalls, table
 
 pytestmark = pytest.mark.integration
 
@@ -122,31 +120,10 @@ async def _is(b: Foreign, name: str, value: float) -> bool:
     return await b.metric(name) == value
 
 
-def _noise(n: int) -> str:
-    return base64.b64encode(os.urandom(n)).decode()  # does not compress, so socket buffers really fill
-
-
-async def slow_reader_probe(b: Foreign, count: int = 120) -> bool:
-    """True when a healthy reader is held up by one that stopped reading (the slow one comes first)."""
-    slow = await Peer.open(b.url("zz-slow"))
-    fast = await Peer.open(b.url("aa-fast"))
-    pub = await Peer.open(b.url("pub"))
-    for p in (slow, fast):
-        await p.subscribe("wide")
-    slow.pause()
-    for i in range(count):
-        await pub.publish("wide", _noise(48 << 10), f"w{i}")
-    try:
-        await fast.expect("message", timeout=6.0, id=f"w{count - 1}")
-    except AssertionError:
-        return True
-    return any(f["attempt"] != 1 for f in fast.got("message")) or len(fast.got("message")) < count
-
-
 def test_slow_reader_does_not_hold_up_others() -> None:
     async def body() -> None:
         async with Foreign() as b:
-            assert not await slow_reader_probe(b)
+            assert not await slow_reader_stalls(b)
 
     drive(body())
 
