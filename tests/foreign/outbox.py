@@ -25,6 +25,7 @@ from tests.foreign.settings import Settings
 from tests.foreign.stores import Plan, Store
 
 log = logging.getLogger("foreign.outbox")
+IDLE_PROBE = 2.0  # seconds without writes before storage is probed
 
 
 @dataclass(slots=True)
@@ -195,7 +196,11 @@ class Outbox:
             if not self.ops:
                 self._idle.set()
                 self._wake.clear()
-                await self._wake.wait()
+                try:
+                    async with asyncio.timeout(IDLE_PROBE):
+                        await self._wake.wait()
+                except TimeoutError:
+                    await self._probe()  # so /healthz tells an outage even while nothing is written
                 continue
             if self.bugs.on("write-behind"):
                 await asyncio.sleep(1.0)  # flush once a second
@@ -226,6 +231,14 @@ class Outbox:
             delay = 0.05
             self.counts["batches"] += 1
             self._written(batch, "persisted")
+
+    async def _probe(self) -> None:
+        try:
+            await self.store.ping(self.s.db_timeout)
+        except Exception as exc:
+            self._failed(exc)
+        else:
+            self.failing = None
 
     async def flush(self, timeout: float) -> bool:
         """Wait until everything queued is written (True) or *timeout* passed (False)."""

@@ -52,6 +52,7 @@ class Store(Protocol):
     async def open(self) -> None: ...
     async def load(self) -> Snapshot: ...
     async def apply(self, plan: Plan, timeout: float) -> None: ...
+    async def ping(self, timeout: float) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -94,6 +95,9 @@ class MemoryStore:
             kept = {mid for _, mid in self.owed}
             for mid in [m for m in self.messages if m not in kept]:
                 del self.messages[mid]
+
+    async def ping(self, timeout: float) -> None:
+        return None
 
     async def close(self) -> None:
         return None
@@ -231,6 +235,12 @@ class PostgresStore:
                     await conn.execute(_ORPHANS, sorted({mid for _, mid in plan.acked}))
 
         await self._bounded(write(), timeout)
+
+    async def ping(self, timeout: float) -> None:
+        async def select() -> None:
+            await (await self._connection()).fetchval("SELECT 1")
+
+        await self._bounded(select(), timeout)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

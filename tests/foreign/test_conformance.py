@@ -175,9 +175,9 @@ def test_outcomes_under_storage_faults(pg_dsn: str) -> None:
                 await sub.subscribe("t")
                 await flush(pub, "f0")
                 relay.down()
+                await b.until(lambda: _status(b, "degraded"), "healthz degraded (idle probe)")
                 await pub.publish("t", "during outage", "kept")
                 await sub.expect("message", id="kept", timeout=2.0)  # real-time flow goes on
-                await b.until(lambda: _status(b, "degraded"), "healthz degraded")
                 relay.heal()
                 await pub.expect("persisted", id="kept")
                 relay.freeze()
