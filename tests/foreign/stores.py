@@ -154,13 +154,15 @@ def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
 
 
 class PostgresStore:
-    """One connection of its own, terminated (never reused) after any error or deadline."""
+    """One connection of its own, used by one call at a time, terminated (never reused) after any
+    error or deadline."""
 
     name, durable = "postgres", True
 
     def __init__(self, dsn: str, bugs: Bugs, connect_timeout: float = 5.0) -> None:
         self.dsn, self.bugs, self.connect_timeout = dsn, bugs, connect_timeout
         self._conn: Any = None
+        self._lock: asyncio.Lock | None = None
 
     async def _connection(self) -> Any:
         import asyncpg  # only a postgres broker needs the driver
@@ -176,18 +178,20 @@ class PostgresStore:
 
     async def _bounded(self, work: Any, timeout: float) -> Any:
         """Run *work* with a hard deadline; on a hang the connection is terminated, not awaited."""
-        task = asyncio.ensure_future(work)
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-        if not done:
-            self._drop()
-            task.cancel()
-            raise TimeoutError(f"storage did not answer within {timeout:g}s")
-        try:
-            return task.result()
-        except Exception:
-            self._drop()
-            raise
+        self._lock = self._lock or asyncio.Lock()
+        async with self._lock:  # asyncpg allows one operation per connection at a time
+            task = asyncio.ensure_future(work)
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if not done:
+                self._drop()
+                task.cancel()
+                raise TimeoutError(f"storage did not answer within {timeout:g}s")
+            try:
+                return task.result()
+            except Exception:
+                self._drop()
+                raise
 
     async def open(self) -> None:
         async def create() -> None:
