@@ -25,9 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import math
+import sys
+import termios
+import threading
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Self
@@ -84,10 +88,15 @@ async def wait_for(
         except Exception as exc:  # a broken condition fails the wait now instead of hanging it
             done.set_exception(exc)
 
+    loop_thread = threading.get_ident()
+
     def on_event(_ev: object) -> None:
         nonlocal scheduled
         if not scheduled and not done.done():
             scheduled = True
+            if threading.get_ident() == loop_thread:
+                loop.call_soon(check)  # the common case: no self-pipe write per event
+                return
             with contextlib.suppress(RuntimeError):  # loop closed: the waiter is gone anyway
                 loop.call_soon_threadsafe(check)
 
@@ -147,6 +156,7 @@ class _Client:
         self.open_timeout = open_timeout
         self.ws: ClientConnection | None = None
         self.connections = 0  # successful connects so far
+        self.wire_bytes = 0  # bytes received off the socket, over all connections
         self.last_error: dict[str, Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
@@ -154,6 +164,28 @@ class _Client:
         self._readable.set()
         self._cause: str | None = None  # why we are about to lose the connection (abort, close)
         self._given_up: str | None = None
+
+    def _count_wire_bytes(self, ws: ClientConnection) -> None:
+        """Count the bytes this connection receives off the socket (compressed or not, as sent)."""
+        inner = ws.data_received
+
+        def data_received(data: bytes) -> None:
+            self.wire_bytes += len(data)
+            inner(data)
+
+        ws.data_received = data_received  # type: ignore[method-assign]  # asyncio calls it on the instance
+
+    def socket_backlog(self) -> int | None:
+        """Bytes waiting in this connection's kernel receive queue (FIONREAD), or None."""
+        ws = self.ws
+        sock = None if ws is None else ws.transport.get_extra_info("socket")
+        if sock is None:
+            return None
+        try:
+            buf = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
+            return None
+        return int.from_bytes(buf, sys.byteorder, signed=True)
 
     def record(
         self, type_: str, f: str, topic: str | None = None, id: str | None = None, value: Any = None
@@ -275,6 +307,7 @@ class _Client:
             attempt = 0
             self.connections += 1
             self._cause = None
+            self._count_wire_bytes(ws)
             self.ws = ws
             self.record("ok", "connect", value={"connection": self.connections})
             try:
@@ -376,6 +409,16 @@ class Subscriber(_Client):
     async def start(self, timeout: float = 10.0) -> None:
         await super().start(timeout)
         await self.wait_subscribed(self.topics, timeout)
+
+    async def wait_resubscribed(self, after: int, timeout: float = 30.0) -> None:
+        """Until a connection newer than the *after*-th is up and subscribed to every topic again."""
+        want = set(self.topics)
+        await self._wait(
+            lambda: self.connections > after and want <= self.subscribed,
+            timeout=timeout,
+            what=f"{self.client_id} to reconnect and resubscribe",
+            describe=lambda: f"connections {self.connections}, last error {self.last_error}",
+        )
 
     async def wait_subscribed(self, topics: Collection[str], timeout: float = 10.0) -> None:
         want = set(topics)

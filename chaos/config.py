@@ -32,6 +32,44 @@ from chaos.launcher import STORES, render_command
 
 INTENSITIES = ("smoke", "default", "heavy")
 
+
+@dataclass(frozen=True)
+class Intensity:
+    """How much traffic the suites drive through each fault: the bugs that show only under load need it.
+
+    ``default`` is what the issue of record asks of every suite (hundreds of
+    deliveries per subscriber in each fault window, a durable subscriber offline
+    while over 1,000 messages are published to it, a SIGKILL while 1,000 publishes a
+    second are being persisted) and keeps ``pytest scenarios/`` within 90 s on two
+    cores; ``smoke`` is a quick look that does not reach those loads; ``heavy`` is
+    for nightly runs.
+    """
+
+    name: str
+    rate: float  # publishes per second in the load phases
+    per_phase: int  # messages published in each fault window (and in the baseline)
+    big_messages: int  # incompressible messages sent towards a stalled subscriber
+    big_bytes: int  # size of each of them
+    offline_backlog: int  # messages published while a durable subscriber is offline
+    kill_rate: float  # publishes per second while the broker is SIGKILLed
+    kill_messages: int  # messages in that burst (the kill lands in its middle)
+    schedule_examples: int  # Hypothesis examples of the generated schedules
+    fuzz_frames: int  # frames of the protocol fuzzer
+
+    def scaled(self, n: int) -> int:
+        """*n* at this intensity, where *n* is the default's figure."""
+        return max(1, round(n * self.per_phase / PRESETS["default"].per_phase))
+
+
+PRESETS: dict[str, Intensity] = {
+    i.name: i
+    for i in (
+        Intensity("smoke", 200.0, 40, 40, 64 << 10, 200, 400.0, 400, 4, 60),
+        Intensity("default", 400.0, 300, 250, 64 << 10, 1200, 1000.0, 2000, 12, 300),
+        Intensity("heavy", 800.0, 1500, 600, 64 << 10, 5000, 2000.0, 8000, 60, 10_000),
+    )
+}
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV_BROKER_CMD = "FASTPORT_LAB_BROKER_CMD"
 ENV_STORE = "FASTPORT_LAB_STORE"
@@ -98,6 +136,11 @@ class LabConfig:
     @property
     def durable(self) -> bool:
         return self.store == "postgres"
+
+    @property
+    def load(self) -> Intensity:
+        """The traffic figures of this config's intensity."""
+        return PRESETS[self.intensity]
 
     def with_flaw(self, flaw: str) -> LabConfig:
         """The reference broker with one ``--flaw`` (for the flaw matrix)."""

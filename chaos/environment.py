@@ -69,9 +69,12 @@ class LabSession:
         try:
             url = os.environ.get("TOXIPROXY_URL", "").strip()
             if not url:
-                from chaos.toxiproxy.server import ToxiproxyServer
+                # Its own process (as a real Toxiproxy is): relaying subscriber links and storage
+                # traffic must not compete with the lab's clients for one interpreter. Proxy metrics
+                # on: they show that a fault met the broker's traffic.
+                from chaos.toxiproxy.server import ToxiproxyProcess
 
-                server = ToxiproxyServer().start()
+                server = ToxiproxyProcess(args=["--proxy-metrics"]).start()
                 url = server.url
             return cls(pg, url, run_dir or run_root(), server, keep_runs)
         except BaseException:
@@ -146,6 +149,7 @@ class Lab:
         self.clients: list[Publisher | Subscriber] = []
         self.notes: dict[str, Any] = {}  # free-form facts a scenario wants in its run folder
         self.progress: ProgressWriter | None = None
+        self.links: dict[str, Proxy] = {}  # client_id -> its fault-proxy link to the broker
 
     def attach_progress(self) -> ProgressWriter | None:
         """Report this lab's progress to ``fastport-lab run``'s live display, when it asked for it."""
@@ -180,6 +184,9 @@ class Lab:
                 await c.close()
         for b in self.brokers:
             await asyncio.to_thread(b.terminate, 5.0)
+        for link in self.links.values():
+            with contextlib.suppress(NotFound, OSError):
+                await link.delete()
         if self.proxy is not None:
             # Deleting the proxy also drops any toxic a failing nemesis left; never POST /reset,
             # which would heal the faults of other runs sharing a real Toxiproxy (TOXIPROXY_URL).
@@ -217,7 +224,11 @@ class Lab:
             if b.pid is not None:
                 self.session.started_pids.add(b.pid)
         self.broker = b
+        moved = self.port is not None and b.port != self.port
         self.port = b.port
+        if moved:  # the subscriber links follow the broker to its new port
+            for link in self.links.values():
+                await link.update(upstream=f"127.0.0.1:{self.port}")
         return b
 
     @property
@@ -231,6 +242,21 @@ class Lab:
     def subscriber(self, client_id: str, topics: list[str], **kwargs: Any) -> Subscriber:
         kwargs.setdefault("backoff", self.client_backoff)
         s = Subscriber(self.url, client_id, topics, history=self.history, **kwargs)
+        self.clients.append(s)
+        return s
+
+    async def linked_subscriber(self, client_id: str, topics: list[str], **kwargs: Any) -> Subscriber:
+        """A subscriber whose connection runs through a fault-proxy link of its own.
+
+        The link faults (``chaos.faults.subscriber``) act on that link, so the network
+        itself fails under the broker's writes: a half-open connection, a reset, a cut.
+        """
+        if self.port is None:
+            raise RuntimeError("no broker has listened yet")
+        link = await self.api.create(f"link-{self.db_name}-{client_id}", upstream=f"127.0.0.1:{self.port}")
+        self.links[client_id] = link
+        kwargs.setdefault("backoff", self.client_backoff)
+        s = Subscriber(f"ws://{link.host}:{link.port}/", client_id, topics, history=self.history, **kwargs)
         self.clients.append(s)
         return s
 

@@ -9,7 +9,9 @@ checkers then judge what was and was not delivered.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import base64
+import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from chaos.clients import HangError, PublishAnswer, Publisher, Subscriber
@@ -18,20 +20,55 @@ from chaos.history import History
 from chaos.probes import probe_healthz
 
 
+def incompressible(size: int) -> str:
+    """*size* characters of base64 of random bytes: permessage-deflate cannot shrink it to nothing.
+
+    A fault that needs bytes on the wire (a stalled reader's buffers filling up)
+    must not depend on the broker's compression setting; random data keeps about
+    three quarters of its size under deflate.
+    """
+    if size < 0:
+        raise ValueError(f"size must be >= 0, got {size}")
+    return base64.b64encode(os.urandom((size * 3 + 3) // 4)).decode()[:size]
+
+
+Payload = Any | Callable[[int], Any]
+
+
 async def publish_paced(
-    pub: Publisher, topic: str, count: int, rate: float = 50.0, payload: Any = None, timeout: float = 20.0
+    pub: Publisher,
+    topic: str,
+    count: int,
+    rate: float = 50.0,
+    payload: Payload = None,
+    timeout: float = 20.0,
 ) -> list[asyncio.Task[PublishAnswer]]:
     """Start *count* publishes at *rate* per second without waiting for their answers.
 
     Pacing at a rate is a workload shape, not synchronisation: each publish is its own
     task, so a broker that blocks on one publish does not slow the schedule of the next
-    (latency is measured from each invoke). Await the returned tasks to collect answers.
+    (latency is measured from each invoke). Publishes keep to a timetable (the i-th at
+    ``i / rate``), so a rate of thousands a second is kept too, sleeping only when ahead.
+    *payload* is a value, or a function of the message's number. Await the returned tasks
+    to collect the answers.
     """
+    if not rate > 0:
+        raise ValueError(f"rate must be > 0 publishes per second, got {rate!r}")
+    loop = asyncio.get_running_loop()
     tasks = []
+    t0 = loop.time()
+    since_yield = 0
     for i in range(count):
-        body = payload if payload is not None else {"n": i}
+        delay = t0 + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+            since_yield = 0
+        elif since_yield >= 16:  # behind the timetable: still let the publishes already made go out
+            await asyncio.sleep(0)
+            since_yield = 0
+        since_yield += 1
+        body = payload(i) if callable(payload) else ({"n": i} if payload is None else payload)
         tasks.append(asyncio.create_task(pub.publish(topic, body, timeout=timeout)))
-        await asyncio.sleep(1.0 / rate)
     return tasks
 
 

@@ -1,7 +1,8 @@
 """Generated fault schedules (Hypothesis): random mixes of faults and workload, shrunk on failure.
 
 Reproducible: examples are derandomized (the same schedules on every run and in CI).
-``FASTPORT_LAB_SCHEDULE_EXAMPLES`` changes how many are drawn (default 10). A failure
+As many are drawn as the intensity says (12 at ``default``, 60 at ``heavy``);
+``FASTPORT_LAB_SCHEDULE_EXAMPLES`` overrides it. A failure
 prints the smallest failing schedule and the command that replays it::
 
     pytest scenarios/test_schedules.py --schedule '[{"op":"broker-kill","n":0},{"op":"subscriber-cut","n":3}]'
@@ -26,7 +27,10 @@ from chaos.suites.schedules import (
     steps_strategy,
 )
 
-EXAMPLES = int(os.environ.get("FASTPORT_LAB_SCHEDULE_EXAMPLES", "10"))
+
+def examples(lab_config) -> int:
+    given = os.environ.get("FASTPORT_LAB_SCHEDULE_EXAMPLES", "").strip()
+    return int(given) if given else lab_config.load.schedule_examples
 
 
 def _replay(steps, lab_config) -> str:
@@ -53,7 +57,7 @@ def test_generated_schedules(run_lab, lab_config, request):
         pytest.skip("replaying one given schedule instead (test_replay_schedule)")
 
     @settings(
-        max_examples=EXAMPLES,
+        max_examples=examples(lab_config),
         derandomize=True,
         deadline=None,
         database=None,

@@ -24,6 +24,7 @@ from chaos.checkers.integrity import check_integrity
 from chaos.checkers.isolation import check_isolation
 from chaos.checkers.persistence import check_persistence_outcomes
 from chaos.checkers.recovery import check_recovery
+from chaos.checkers.resurrection import check_resurrection
 from chaos.checkers.startup import check_startup
 from chaos.checkers.verdict import Verdict, is_not_applicable, not_applicable
 from chaos.history import History
@@ -42,6 +43,7 @@ __all__ = [
     "check_no_zombies",
     "check_persistence_outcomes",
     "check_recovery",
+    "check_resurrection",
     "check_startup",
     "is_not_applicable",
     "not_applicable",
@@ -57,6 +59,7 @@ def check_all(history: History, *, store_listing: Iterable[Any] | None = None) -
         check_isolation(facts),
         check_at_least_once(facts),
         check_hydration(facts),
+        check_resurrection(facts),
         check_no_zombies(facts, store_listing),
         check_integrity(facts),
         check_duplicates(facts),

@@ -9,6 +9,12 @@ again after the restart (otherwise the pair is counted as unverifiable). The
 evidence gives, per crash, ``redelivery_s``: from the restart to the last
 redelivery of an owed pair (the gate's ``max_hydration_s`` reads it).
 
+Replayed on subscribe (PROTOCOL.md section 2: ``subscribed``, then every
+outstanding delivery): an owed pair redelivered more than ``replay_grace``
+seconds after its recipient subscribed again, and after that recipient already
+got a message published after the subscription, came by a retry timer, not by
+the replay: that fails too (``not_replayed_on_subscribe``).
+
 No zombie: fed with a store listing taken at the end of the run (the pending and
 dead deliveries, e.g. ``broker.store.Snapshot.deliveries``), no live delivery may
 remain for a pair that its recipient acked, nor for a pair that was never
@@ -28,6 +34,7 @@ from chaos.history import FaultWindow, History
 
 HYDRATION = "hydration"
 NO_ZOMBIE = "no-zombie"
+REPLAY_GRACE_S = 1.0
 
 
 def _crashes(facts: Facts, crash_faults: Collection[str] | None) -> list[FaultWindow]:
@@ -41,6 +48,7 @@ def check_hydration(
     *,
     crash_faults: Collection[str] | None = None,
     require_effective: bool = True,
+    replay_grace: float = REPLAY_GRACE_S,
 ) -> Verdict:
     """*crash_faults*: names of the crash windows; default: every window recorded with ``crash: true``."""
     facts = facts_of(history)
@@ -58,7 +66,25 @@ def check_hydration(
     missing: list[dict[str, Any]] = []
     unverifiable: list[dict[str, Any]] = []
     not_landed = []
+    late: list[dict[str, Any]] = []
     published = facts.published()
+    live_cache: dict[tuple[str, str, float], float | None] = {}
+
+    def first_live(client: str, topic: str, since: float) -> float | None:
+        """When *client* first got a message on *topic* published after *since* (its resubscribe)."""
+        key = (client, topic, since)
+        if key not in live_cache:
+            times = [
+                d[0].time
+                for (c, mid), d in facts.deliveries.items()
+                if c == client
+                and (m2 := facts.messages.get(mid)) is not None
+                and m2.topic == topic
+                and m2.invoke_time > since
+            ]
+            live_cache[key] = min(times) if times else None
+        return live_cache[key]
+
     for w in crashes:
         label = f"{w.name} at t={h.rel(w.start)}s"
         cev: dict[str, Any] = {
@@ -91,8 +117,20 @@ def check_hydration(
                 again = next((d.time for d in facts.deliveries.get((c, m.id), ()) if d.time > w.start), None)
                 if again is None:
                     missing.append(pair)
-                elif last_redelivery is None or again > last_redelivery:
+                    continue
+                if last_redelivery is None or again > last_redelivery:
                     last_redelivery = again
+                resub = min((t for t in iv.oks if t >= restart), default=None)
+                live = None if resub is None else first_live(c, m.topic, resub)
+                if resub is not None and live is not None and again > resub + replay_grace and again > live:
+                    late.append(
+                        pair
+                        | {
+                            "resubscribed_s": h.rel(resub),
+                            "newer_message_s": h.rel(live),
+                            "redelivered_s": h.rel(again),
+                        }
+                    )
         cev["pairs_expected"] = n
         cev["redelivery_s"] = (
             None if last_redelivery is None else round(max(0.0, last_redelivery - restart), 6)
@@ -102,6 +140,9 @@ def check_hydration(
         pairs_expected=expected,
         pairs_missing=len(missing),
         missing=listed(missing),
+        replay_grace_s=replay_grace,
+        pairs_not_replayed_on_subscribe=len(late),
+        not_replayed_on_subscribe=listed(late),
         pairs_unverifiable=len(unverifiable),
         unverifiable=listed(unverifiable),
     )
@@ -113,6 +154,16 @@ def check_hydration(
             f"(message, recipient) pairs were not redelivered after the restart; first: "
             f"{p['id']} -> {p['recipient']} (persisted at t={p['persisted_s']}s, before "
             f"{p['crash']}).",
+            **ev,
+        )
+    if late:
+        p = late[0]
+        return failed(
+            HYDRATION,
+            f"not replayed on subscribe: {len(late)} of {expected} persisted, unacked pairs came back only "
+            f"by a later retry, after newer messages; first: {p['id']} -> {p['recipient']} redelivered at "
+            f"t={p['redelivered_s']}s, resubscribed at t={p['resubscribed_s']}s (PROTOCOL.md: subscribed, "
+            "then every outstanding delivery).",
             **ev,
         )
     if not_landed:

@@ -6,7 +6,8 @@ complete during the fault as without it?". A sample is one (message, recipient)
 pair where the recipient was required (see facts.py) and connected when the
 message was published; its latency is publish invoke to first delivery, inf
 when it never arrived. A message belongs to the phase in which it was
-published; the baseline is every message published outside *all* fault windows.
+published (of each, when several overlap); the baseline is every message published
+outside *all* fault windows.
 """
 
 from __future__ import annotations
@@ -49,14 +50,12 @@ def collect(
     baseline: list[Sample] = []
     per_window: dict[int, list[Sample]] = {i: [] for i in range(len(windows))}
     for m, samples in message_samples(facts, include):
-        hit = None
+        hit = False
         for i, w in enumerate(windows):
-            if w.contains(m.invoke_time, facts.end):
-                hit = i
-                break
-        if hit is not None:
-            per_window[hit].extend(samples)
-        elif in_any(m.invoke_time, all_windows, facts.end) is None:
+            if w.contains(m.invoke_time, facts.end):  # overlapping windows (faults at once) share it
+                per_window[i].extend(samples)
+                hit = True
+        if not hit and in_any(m.invoke_time, all_windows, facts.end) is None:
             baseline.extend(samples)
     return baseline, per_window
 

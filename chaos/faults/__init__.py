@@ -5,7 +5,8 @@ family         faults
 =============  ==================================================================
 storage        ``storage-latency``, ``storage-down``, ``storage-hang``,
                ``storage-reset``, ``postgres-stop``
-subscriber     ``subscriber-cut``, ``subscriber-slow``
+subscriber     ``link-blackhole``, ``link-reset``, ``link-cut`` (on a subscriber's own
+               fault-proxy link), ``subscriber-slow``, ``subscriber-cut``
 process        ``broker-kill`` (a crash: hydration applies), ``broker-pause``
 port           ``port-squat``
 input          ``malformed-frames``
@@ -30,7 +31,7 @@ from chaos.faults.input import BadFrame, MalformedFrames, default_bad_frames
 from chaos.faults.port import PortSquat
 from chaos.faults.process import BrokerKill, BrokerPause
 from chaos.faults.storage import PostgresStop, StorageDown, StorageHang, StorageLatency, StorageReset
-from chaos.faults.subscriber import SubscriberCut, SubscriberSlow
+from chaos.faults.subscriber import LinkBlackhole, LinkCut, LinkReset, SubscriberCut, SubscriberSlow
 
 __all__ = [
     "FAMILIES",
@@ -42,6 +43,9 @@ __all__ = [
     "FaultError",
     "FaultUnsupported",
     "Landing",
+    "LinkBlackhole",
+    "LinkCut",
+    "LinkReset",
     "MalformedFrames",
     "PortSquat",
     "PostgresStop",

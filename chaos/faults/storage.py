@@ -6,6 +6,11 @@ with probes through the same proxy: a connection opened *before* the fault (what
 a broker's pool holds) and a fresh one, both slowed, refused, hung or reset as
 the fault says, and the toxic still listed by the proxy at the end.
 ``postgres-stop`` stops the server itself and probes it directly.
+
+The probes prove the path is broken; the proxy's byte counters (where the
+proxy serves them: the lab's does) prove the broker uses that path: a broker
+that never sent a byte through the storage proxy does not use ``{dsn}``, and no
+storage fault can reach it (the fault is then recorded as not landed).
 """
 
 from __future__ import annotations
@@ -23,6 +28,21 @@ from chaos.toxiproxy.client import NotFound
 
 if TYPE_CHECKING:
     from chaos.environment import Lab
+
+
+async def storage_bytes(lab: Lab) -> int | None:
+    """Bytes the broker has sent to PostgreSQL through the lab's storage proxy so far (None: unknown)."""
+    if lab.proxy is None:
+        return None
+    counts = await lab.api.link_bytes()
+    return None if counts is None else counts.get((lab.proxy.name, "upstream"), 0)
+
+
+def through_proxy(sent: int | None) -> tuple[bool, dict[str, Any]]:
+    """(the broker's storage goes through the proxy, or we cannot tell; evidence)."""
+    if sent is None:
+        return True, {"broker_storage_bytes": None}
+    return sent > 0, {"broker_storage_bytes": sent}
 
 
 @dataclass
@@ -78,13 +98,15 @@ class _ToxicFault(Fault):
             affected = all(p["ok"] and p["elapsed_ms"] >= floor for p in (fresh, pooled))
         else:
             affected = not fresh["ok"] and not pooled["ok"]
+        used, traffic = through_proxy(await storage_bytes(lab))
         return Landing(
-            present and affected,
+            present and affected and used,
             {
                 "toxic_present": present,
                 "probe_new_connection": fresh,
                 "probe_open_connection": pooled,
                 "probe_expected": self.expect,
+                **traffic,
             },
         )
 
@@ -159,9 +181,10 @@ class StorageDown(Fault):
             result = await probe_sql(lab.dsn)
         finally:
             await proxy.enable()
+        used, traffic = through_proxy(await storage_bytes(lab))
         return Landing(
-            (not enabled) and not result["ok"],
-            {"proxy_enabled": enabled, "probe": result, "probe_expected": "failed"},
+            (not enabled) and not result["ok"] and used,
+            {"proxy_enabled": enabled, "probe": result, "probe_expected": "failed", **traffic},
         )
 
 

@@ -28,16 +28,18 @@ TOPIC = "bad.input"
 
 
 async def bad_input(lab: Lab, nemesis: Nemesis) -> list[Verdict]:
-    subs = [lab.subscriber(f"h{i}", [TOPIC]) for i in (1, 2)]
+    load = lab.config.load
+    subs = [lab.subscriber(name, [TOPIC]) for name in ("a-h1", "z-h2")]
     pub = lab.publisher("p")
     for c in (*subs, pub):
         await c.start()
-    tasks = await publish_paced(pub, TOPIC, 20, 50.0)  # baseline
+    tasks = await publish_paced(pub, TOPIC, load.per_phase, load.rate)  # baseline
+    chunk = max(5, int(load.rate // 10))
     async with nemesis.inject(MalformedFrames(pace=0.05)) as attack:
         while not attack.done:  # keep publishing for as long as the bad frames keep coming
-            tasks += await publish_paced(pub, TOPIC, 5, 50.0)
-    tasks += await publish_paced(pub, TOPIC, 10, 50.0)  # recovery
-    await settle(lab.history, subs, published_ids(await answers(tasks)))
+            tasks += await publish_paced(pub, TOPIC, chunk, load.rate)
+    tasks += await publish_paced(pub, TOPIC, max(10, load.per_phase // 3), load.rate)  # recovery
+    await settle(lab.history, subs, published_ids(await answers(tasks)), timeout=30)
     facts = Facts(lab.history)
     return [
         check_bad_input(lab.history),

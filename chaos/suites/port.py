@@ -24,14 +24,15 @@ TOPIC = "fmea4.events"
 
 
 async def port_conflict(lab: Lab, nemesis: Nemesis) -> list[Verdict]:
+    load = lab.config.load
     s = lab.subscriber("s", [TOPIC], ack="never" if lab.config.durable else "always")
     pub = lab.publisher("p")
     for c in (s, pub):
         await c.start()
-    base = published_ids(await answers(await publish_paced(pub, TOPIC, 10, 50.0)))
-    await settle(lab.history, [s], base)
+    base = published_ids(await answers(await publish_paced(pub, TOPIC, load.per_phase, load.rate)))
+    await settle(lab.history, [s], base, timeout=30)
     if lab.config.durable:
-        await wait_outcomes(lab, pub, base, timeout=20)
+        await wait_outcomes(lab, pub, base, timeout=30)
     port = lab.port
     assert lab.broker is not None and port is not None
     await asyncio.to_thread(lab.broker.terminate)
@@ -45,8 +46,8 @@ async def port_conflict(lab: Lab, nemesis: Nemesis) -> list[Verdict]:
         await lab.start_broker(port=port)
     await s.wait_subscribed([TOPIC], timeout=30)
     await pub.wait_connected(timeout=30)
-    after = published_ids(await answers(await publish_paced(pub, TOPIC, 10, 50.0)))
-    await settle(lab.history, [s], after)
+    after = published_ids(await answers(await publish_paced(pub, TOPIC, load.per_phase, load.rate)))
+    await settle(lab.history, [s], after, timeout=30)
     await s.ack_all()
     facts = Facts(lab.history)
     return [

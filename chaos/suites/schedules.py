@@ -12,34 +12,61 @@ Steps (``n`` is how many messages are published during the step)::
     {"op": "<fault>", "n": N}            N published while the fault holds; <fault> is any
                                          schedulable fault of the registry (chaos.faults):
                                          storage-*, postgres-stop, subscriber-cut,
-                                         subscriber-slow (aimed at subscriber s1),
+                                         subscriber-slow (aimed at subscriber s1; it
+                                         sends n x 5 incompressible 64 KiB messages),
                                          broker-pause, broker-kill (durable store only)
 
 Older schedules (``storage``/``fault``, ``cut``, ``slow``, ``pause``, ``kill``) are
-read too. Judged: at-least-once, integrity, and hydration when a kill ran
-(duplicates are allowed by PROTOCOL.md; their ratio is judged by the FMEA suites,
-not here). A kill is preceded by waiting for the persistence outcome of everything
-published, so the lab only holds the broker to what it said it had persisted.
+read too.
+
+The strategy is weighted towards what finds bugs: every schedule starts with a
+baseline burst (so latency has something to be compared with), subscriber
+``s2`` never acks (so a kill always leaves deliveries owed), kills are drawn
+often and land in the middle of a burst, and fault steps carry bursts large
+enough to judge. Judged: at-least-once, integrity, hydration and resurrection
+when a kill ran, availability during storage faults and isolation during
+subscriber faults when there were enough samples (duplicates are allowed by
+PROTOCOL.md; their ratio is judged by the FMEA suites, not here). A schedule
+fails on a *fail* verdict only: a check without enough samples is unknown.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shlex
 from typing import Any
 
 from hypothesis import strategies as st
 
-from chaos.checkers import Facts, check_at_least_once, check_hydration, check_integrity
+from chaos.checkers import (
+    Facts,
+    check_at_least_once,
+    check_availability,
+    check_hydration,
+    check_integrity,
+    check_isolation,
+    check_resurrection,
+)
 from chaos.checkers.hydration import HYDRATION
 from chaos.checkers.verdict import Verdict, not_applicable
+from chaos.clients import Publisher, wait_for
 from chaos.environment import Lab
 from chaos.faults import REGISTRY, Fault
 from chaos.nemesis import Nemesis
-from chaos.workload import answers, publish_paced, published_ids, settle, wait_outcomes
+from chaos.workload import answers, incompressible, publish_paced, published_ids, settle, wait_outcomes
 
 TOPIC = "sched.t"
-MAX_N = 8
+MAX_N = 40
+RATE = 200.0
+BASELINE = {"op": "publish", "n": 30}
+SLOW_FACTOR, BIG = 5, 64 << 10  # a subscriber-slow step of n sends n x 5 messages of 64 KiB
+
+
+def big(_i: int) -> str:
+    return incompressible(BIG)
+
+
 LEGACY_STORAGE = {
     "latency": "storage-latency",
     "down": "storage-down",
@@ -56,8 +83,11 @@ SCHEDULE_PARAMS = {"storage-latency": {"latency_ms": 200}}  # a latency short en
 
 
 def schedulable() -> list[str]:
-    """Registry faults a schedule can hold for a step: storage, subscriber and process faults."""
-    return REGISTRY.names(where=lambda c: c.family in ("storage", "subscriber", "process"))
+    """Registry faults a schedule can hold for a step: storage, subscriber (on s1's own connection)
+    and process faults."""
+    return REGISTRY.names(
+        where=lambda c: c.family in ("storage", "process") or c.name in ("subscriber-cut", "subscriber-slow")
+    )
 
 
 class ScheduleError(ValueError):
@@ -65,17 +95,20 @@ class ScheduleError(ValueError):
 
 
 def steps_strategy(durable: bool, max_steps: int = 4) -> st.SearchStrategy[list[dict[str, Any]]]:
+    """A baseline burst, then 1..*max_steps* steps; kills (durable stores) drawn as often as all else."""
     n = st.integers(1, MAX_N)
     storage = [f for f in schedulable() if REGISTRY.get(f).family == "storage" and f != "postgres-stop"]
-    step = st.one_of(
+    other = st.one_of(
         st.builds(lambda k: {"op": "publish", "n": k}, n),
-        st.builds(lambda f, k: {"op": f, "n": k}, st.sampled_from(storage), n),
+        st.builds(lambda f, k: {"op": f, "n": k}, st.sampled_from(storage), st.integers(10, MAX_N)),
         st.builds(lambda k: {"op": "subscriber-cut", "n": k}, n),
         st.builds(lambda k: {"op": "subscriber-slow", "n": k}, n),
-        st.builds(lambda k: {"op": "broker-pause", "n": k}, st.integers(1, 4)),
-        *([st.just({"op": "broker-kill", "n": 0})] if durable else []),
+        st.builds(lambda k: {"op": "broker-pause", "n": k}, st.integers(1, 8)),
     )
-    return st.lists(step, min_size=1, max_size=max_steps)
+    # A kill lands in the middle of a burst of n publishes (n=0: between bursts).
+    kill = st.builds(lambda k: {"op": "broker-kill", "n": k}, st.integers(0, MAX_N))
+    step = st.one_of(kill, other) if durable else other
+    return st.lists(step, min_size=1, max_size=max_steps).map(lambda steps: [dict(BASELINE), *steps])
 
 
 def normalise(step: Any, i: int, durable: bool = True) -> dict[str, Any]:
@@ -127,6 +160,15 @@ def replay_command(
     return shlex.join(cmd)
 
 
+async def _kill_mid_burst(lab: Lab, nemesis: Nemesis, pub: Publisher, fault: Fault, n: int) -> list:
+    first = pub.seq
+    burst = asyncio.create_task(publish_paced(pub, TOPIC, n, RATE))
+    await wait_for(lab.history, lambda: pub.seq - first >= n // 2 or burst.done(), timeout=20)
+    async with nemesis.inject(fault):
+        pass
+    return await burst
+
+
 def schedule_scenario(steps: list[dict[str, Any]]):
     """The scenario (``async (lab, nemesis) -> verdicts``) that runs *steps*."""
 
@@ -145,14 +187,14 @@ def schedule_scenario(steps: list[dict[str, Any]]):
             cls = REGISTRY.get(op)
             params = dict(SCHEDULE_PARAMS.get(op, {}))
             if cls.family == "subscriber":
-                params["sub"] = s1
+                params["subs" if op == "subscriber-slow" else "sub"] = s1
             return REGISTRY.create(op, **params)
 
         for step in steps:
             op, n = step["op"], step["n"]
             tasks: list = []
             if op == "publish":
-                tasks = await publish_paced(pub, TOPIC, n, 40.0)
+                tasks = await publish_paced(pub, TOPIC, n, RATE)
             else:
                 fault = bind(op)
                 why = fault.unsupported(lab)
@@ -161,9 +203,19 @@ def schedule_scenario(steps: list[dict[str, Any]]):
                     continue
                 if fault.crash:
                     await wait_outcomes(lab, pub, ids, timeout=20)
-                async with nemesis.inject(fault):
-                    if n:
-                        tasks = await publish_paced(pub, TOPIC, n, 40.0)
+                    if n:  # the kill lands in the middle of a burst
+                        tasks = await _kill_mid_burst(lab, nemesis, pub, fault, n)
+                    else:
+                        async with nemesis.inject(fault):
+                            pass
+                elif op == "subscriber-slow":  # enough incompressible bytes to fill the socket buffers
+                    async with nemesis.inject(fault):
+                        tasks = await publish_paced(pub, TOPIC, n * SLOW_FACTOR, RATE, big, timeout=60)
+                        await settle(lab.history, [s2], [f"{pub.client_id}-{pub.seq - 1}"], timeout=5)
+                else:
+                    async with nemesis.inject(fault):
+                        if n:
+                            tasks = await publish_paced(pub, TOPIC, n, RATE)
                 if fault.crash:
                     killed = True
                     hydration_exercised = hydration_exercised or bool(ids)
@@ -180,8 +232,13 @@ def schedule_scenario(steps: list[dict[str, Any]]):
         # Not judged here: the duplicate ratio. s2 never acks, so every kill replays all it holds and
         # repeated kills legitimately push duplicates past any fixed ratio (the FMEA suites judge it).
         verdicts = [check_at_least_once(facts), check_integrity(facts)]
+        ops = {s["op"] for s in steps}
+        if any(REGISTRY.get(o).family == "storage" for o in ops if o != "publish"):
+            verdicts.append(check_availability(facts, factor=3.0, slack=0.2))
+        if ops & {"subscriber-cut", "subscriber-slow"}:
+            verdicts.append(check_isolation(facts, factor=3.0, slack=0.5))
         if hydration_exercised:
-            verdicts.append(check_hydration(facts))
+            verdicts += [check_hydration(facts), check_resurrection(facts)]
         elif killed:
             verdicts.append(not_applicable(HYDRATION, "the schedule killed the broker before publishing"))
         return verdicts

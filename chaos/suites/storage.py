@@ -1,8 +1,10 @@
 """FMEA 1: storage slow, down, hung, reset or restarted must not stop or slow real-time delivery.
 
-Two subscribers and a publisher run a paced workload through a baseline phase,
-then one phase per storage fault (latency, proxy down, hang, connection reset,
-PostgreSQL stopped and started), then a recovery phase. The availability checker
+Three subscribers and a publisher run a paced workload (``--intensity``: by
+default hundreds of messages a second, hundreds per phase, so the broker's
+persistence backlog grows during each fault) through a baseline phase, then one
+phase per storage fault (latency, proxy down, hang, connection reset, PostgreSQL
+stopped and started), then a recovery phase. The availability checker
 compares publish-to-deliver latency per fault window with the baseline; every
 published message must also reach both subscribers (at-least-once) unaltered, and
 once storage is back the publisher must learn each message's fate: exactly one
@@ -27,9 +29,8 @@ from chaos.nemesis import Nemesis
 from chaos.workload import answers, publish_paced, published_ids, settle, wait_outcomes
 
 TOPIC = "fmea1.orders"
-PER_PHASE = 15  # messages per phase; x2 subscribers = 30 latency samples per window
-RATE = 40.0  # publishes per second
-OUTCOME_TIMEOUT = 30.0  # hang timeout for persisted/persist_failed after recovery
+SUBSCRIBERS = ("a-s1", "m-s2", "z-s3")
+OUTCOME_TIMEOUT = 60.0  # hang timeout for persisted/persist_failed after recovery (a backlog to write)
 FACTOR, SLACK = 3.0, 0.2  # p99 during a fault <= 3 x baseline p99 + 200 ms (generous on 2 shared cores)
 FAULTS = ("storage-latency", "storage-down", "storage-hang", "storage-reset", "postgres-stop")
 
@@ -37,11 +38,13 @@ FAULTS = ("storage-latency", "storage-down", "storage-hang", "storage-reset", "p
 async def storage_faults(lab: Lab, nemesis: Nemesis) -> list[Verdict]:
     if not lab.config.durable:
         return [not_applicable(AVAILABILITY, "the broker runs with --store memory")]
-    subs = [lab.subscriber(f"s{i}", [TOPIC]) for i in (1, 2)]
+    load = lab.config.load
+    per_phase, rate = load.per_phase, load.rate
+    subs = [lab.subscriber(name, [TOPIC]) for name in SUBSCRIBERS]
     pub = lab.publisher("p")
     for c in (*subs, pub):
         await c.start()
-    tasks = await publish_paced(pub, TOPIC, PER_PHASE, RATE)  # baseline
+    tasks = await publish_paced(pub, TOPIC, per_phase, rate)  # baseline
     for name in FAULTS:
         fault = nemesis.fault(name)
         why = fault.unsupported(lab)
@@ -50,14 +53,14 @@ async def storage_faults(lab: Lab, nemesis: Nemesis) -> list[Verdict]:
             continue
         try:
             async with nemesis.inject(fault):
-                tasks += await publish_paced(pub, TOPIC, PER_PHASE, RATE)
+                tasks += await publish_paced(pub, TOPIC, per_phase, rate)
         except FaultUnsupported as exc:
             lab.notes.setdefault("unsupported", []).append(str(exc))
-        tasks += await publish_paced(pub, TOPIC, 3, RATE)  # a breath of normal operation between faults
-    tasks += await publish_paced(pub, TOPIC, PER_PHASE, RATE)  # recovery
+        tasks += await publish_paced(pub, TOPIC, max(3, per_phase // 10), rate)  # a breath between faults
+    tasks += await publish_paced(pub, TOPIC, per_phase, rate)  # recovery
     results = await answers(tasks)
     ids = published_ids(results)
-    await settle(lab.history, subs, ids)
+    await settle(lab.history, subs, ids, timeout=30)
     await wait_outcomes(lab, pub, ids, timeout=OUTCOME_TIMEOUT)
     facts = Facts(lab.history)
     return [

@@ -128,6 +128,17 @@ class FaultProxy:
     async def reset(self) -> None:
         await self.request("POST", "/reset")
 
+    async def link_bytes(self) -> dict[tuple[str, str], int] | None:
+        """Bytes each proxy received per direction, ``{(proxy, "upstream"|"downstream"): n}``, from
+        ``/metrics`` (a server started with ``--proxy-metrics``, as the lab's is); None without it."""
+        try:
+            status, body = await self.request("GET", "/metrics")
+        except (NotFound, ToxiproxyError, OSError):
+            return None
+        if status != 200 or not isinstance(body, str):
+            return None
+        return parse_link_bytes(body)
+
     async def delete_all(self) -> None:
         for proxy in (await self.proxies()).values():
             with contextlib.suppress(NotFound):
@@ -239,6 +250,29 @@ class Proxy:
         finally:
             with contextlib.suppress(NotFound):
                 await self.remove_toxic(toxic["name"])
+
+
+_METRIC = "toxiproxy_proxy_received_bytes_total"
+
+
+def parse_link_bytes(text: str) -> dict[tuple[str, str], int]:
+    """``toxiproxy_proxy_received_bytes_total{direction=..,proxy=..}`` lines summed per (proxy, direction)."""
+    out: dict[tuple[str, str], int] = {}
+    for line in text.splitlines():
+        if not line.startswith(_METRIC + "{"):
+            continue
+        labels, _, value = line[len(_METRIC) + 1 :].rpartition("} ")
+        fields = dict(
+            part.split("=", 1) for part in labels.split(",") if "=" in part
+        )
+        proxy = fields.get("proxy", '""').strip('"')
+        direction = fields.get("direction", '""').strip('"')
+        try:
+            n = int(float(value))
+        except ValueError:
+            continue
+        out[(proxy, direction)] = out.get((proxy, direction), 0) + n
+    return out
 
 
 def _parse_response(raw: bytes) -> tuple[int, bytes]:

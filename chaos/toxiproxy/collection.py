@@ -20,7 +20,7 @@ class ProxyCollection:
     def __init__(self, rng: random.Random | None = None) -> None:
         self.rng = rng or random.Random()
         self.proxies: dict[str, Proxy] = {}
-        # (direction, proxy, listener, upstream) -> [received, sent], counted when a link ends
+        # (direction, proxy, listener, upstream) -> [received, sent] of the links that ended
         self.link_bytes: dict[tuple[str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -186,6 +186,19 @@ class ProxyCollection:
 
     # --- metrics ---------------------------------------------------------------------------------
 
+    def _live_link_bytes(self) -> dict[tuple[str, str, str, str], list[int]]:
+        """Counts of ended links plus those of the links still open (a metric that waits for the close
+        would not show a broker writing into a half-open connection)."""
+        out = {k: list(v) for k, v in self.link_bytes.items()}
+        for proxy in self.proxies.values():
+            for conn in proxy.connections:
+                for link in conn.links.values():
+                    key = (link.direction, proxy.name, proxy.listen, proxy.upstream)
+                    counts = out.setdefault(key, [0, 0])
+                    counts[0] += link.received
+                    counts[1] += link.sent
+        return out
+
     def metrics_text(self) -> str:
         lines: list[str] = []
         for metric, idx, help_ in (
@@ -194,7 +207,7 @@ class ProxyCollection:
         ):
             lines.append(f"# HELP {metric} {help_}")
             lines.append(f"# TYPE {metric} counter")
-            for (direction, proxy, listener, upstream), counts in sorted(self.link_bytes.items()):
+            for (direction, proxy, listener, upstream), counts in sorted(self._live_link_bytes().items()):
                 labels = (
                     f'direction="{_esc(direction)}",listener="{_esc(listener)}",'
                     f'proxy="{_esc(proxy)}",upstream="{_esc(upstream)}"'
