@@ -1,0 +1,1 @@
+"""Containers for the lab: PostgreSQL, the fault proxy and the broker under test on a Docker engine."""
