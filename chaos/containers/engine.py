@@ -127,6 +127,55 @@ def log_lines(container: Container, tail: int | str = 50) -> list[str]:
     return raw.decode("utf-8", "replace").splitlines()
 
 
+class LogFollower:
+    """Follows one log stream of a container (stdout or stderr) in a thread, line by line.
+
+    ``on_line(text)`` runs in that thread for every line, ``on_end()`` once the stream ends
+    (the container stopped, or :meth:`close` was called). Docker keeps the logs from the
+    container's start, so a follower opened after ``start()`` misses nothing.
+    """
+
+    def __init__(
+        self,
+        container: Container,
+        *,
+        stdout: bool,
+        on_line: Callable[[str], None],
+        on_end: Callable[[], None] | None = None,
+        name: str = "logs",
+    ) -> None:
+        self._stream = container.logs(stdout=stdout, stderr=not stdout, stream=True, follow=True)
+        self._on_line = on_line
+        self._on_end = on_end
+        self.thread = threading.Thread(
+            target=self._run, name=f"{name}-{'out' if stdout else 'err'}", daemon=True
+        )
+        self.thread.start()
+
+    def _run(self) -> None:
+        buffer = b""
+        try:
+            for chunk in self._stream:
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for raw in lines:
+                    self._on_line(raw.decode("utf-8", "replace").rstrip("\r"))
+        except Exception:  # the connection closed under us (close(), engine gone): the stream is over
+            pass
+        finally:
+            if buffer:
+                self._on_line(buffer.decode("utf-8", "replace").rstrip("\r"))
+            if self._on_end is not None:
+                self._on_end()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._stream.close()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free right now, for images that cannot report the one they chose (callers retry on a clash)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -217,6 +266,7 @@ _WATCHDOG = r"""
 import os, selectors, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
 session, lab_pid = sys.argv[1], int(sys.argv[2])
 import docker  # imported before the wait, so that the sweep cannot fail on it later
 sel = selectors.DefaultSelector()

@@ -179,6 +179,7 @@ class Images:
         self.reports: list[BuildReport] = []
         self.notes: list[str] = []  # why auto chose a local build, etc.
         self._resolved: dict[tuple[str, str], str] = {}
+        self._base_tag: str | None = None
 
     # --- public -----------------------------------------------------------------------------
 
@@ -244,6 +245,12 @@ class Images:
     # --- base: debootstrap + docker import --------------------------------------------------
 
     def _base(self) -> str:
+        if self._base_tag is not None and self.exists(self._base_tag):
+            return self._base_tag
+        self._base_tag = self._ensure_base()
+        return self._base_tag
+
+    def _ensure_base(self) -> str:
         t0 = time.monotonic()
         sources = debian_sources()
         arch = _dpkg_arch()
