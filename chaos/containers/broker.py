@@ -155,6 +155,7 @@ class BrokerContainer:
             )
         except (docker.errors.DockerException, RuntimeError) as exc:  # ImageNotFound, APIError, build errors
             self._exited.set()
+            self.backend._unregister(self)
             self._fail("not-found", None, [f"{type(exc).__name__}: {exc}"])
         self._container = container
         self.container_name = container.name

@@ -208,11 +208,15 @@ class Images:
         return True
 
     def prune(self) -> list[str]:
-        """Remove local builds other than the current tag of each kind (and unused); their tags."""
+        """Remove local builds other than the current tag of each kind (and unused); their tags.
+
+        The ``:compose`` tags of docker-compose.local.yml are kept too.
+        """
         keep = {self.local(k) for k in KINDS} | {self.local("base"), BASE_ALIAS}
         removed = []
         for image in self.client.images.list(filters={"label": LABEL_IMAGE}):
-            if image.tags and not set(image.tags) & keep:
+            tags = set(image.tags)
+            if tags and not tags & keep and not any(t.endswith(":compose") for t in tags):
                 with contextlib.suppress(docker.errors.APIError):  # in use by a container: kept
                     self.client.images.remove(image.id)
                     removed += image.tags

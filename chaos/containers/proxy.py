@@ -83,6 +83,7 @@ class ProxyContainer:
     def start(self) -> ProxyContainer:
         if self._container is not None:
             return self
+        self.backend._register(self)  # again, after a stop()
         try:
             self.image = self.backend.image("toxiproxy", self.image_spec)
         except ContainerError as exc:  # not found, not pullable, build failed
