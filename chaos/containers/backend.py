@@ -5,7 +5,7 @@
     backend = DockerBackend.from_env()              # engine check, session id, reaper; nothing built yet
     pg = backend.postgres()                          # a chaos.postgres.PostgresServer (not started)
     proxy = backend.fault_proxy().start()            # proxy.url is the TOXIPROXY_URL of the session
-    broker = backend.broker(cmd, history=..., port=..., dsn=..., store=...).start()  # a BrokerProcess twin
+    broker = backend.broker(cmd, history=..., port=..., dsn=..., store=...).start()  # a BrokerUnderTest twin
     backend.save_logs(run_dir)                       # every part's log lines into the run folder
     backend.close()                                  # removes every container and volume of the session
 
@@ -155,7 +155,7 @@ class DockerBackend:
         history: History | None = None,
         **kwargs: Any,
     ) -> BrokerContainer:
-        """A broker container (the ``BrokerProcess`` signature plus ``image``); not started.
+        """A broker container (the ``BrokerUnderTest`` signature plus ``image``); not started.
 
         ``command`` defaults to the reference broker's command inside the local image.
         """

@@ -1,4 +1,4 @@
-"""The broker under test as a container, with the interface of ``chaos.launcher.BrokerProcess``.
+"""The broker under test as a container, with the interface of ``chaos.launcher.BrokerUnderTest``.
 
 The launch contract is unchanged (PROTOCOL.md section 4): the command template with
 ``{host} {port} {dsn} {store}`` becomes the container's command (the image's ENTRYPOINT,
@@ -14,7 +14,7 @@ SIGTERM is ``container.stop()``. The container runs under Docker's init (tini), 
 that installs no SIGTERM handler still stops on SIGTERM. Exit codes are given like
 ``Popen.returncode``: Docker's 128+N for a death by signal N is reported as -N, so a
 SIGKILLed broker returns -9 as a killed process would. Launches, signals and exits are
-recorded into the history just as ``BrokerProcess`` records them. Once it has exited and its
+recorded into the history just as ``BrokerUnderTest`` records them. Once it has exited and its
 logs are read, the container is removed; its last lines stay in ``stdout_lines`` /
 ``stderr_lines`` and :meth:`save_logs` writes them.
 """
@@ -60,7 +60,7 @@ class BrokerContainerError(LaunchError):
 
 
 class BrokerContainer:
-    """One broker container; ``start()`` once, then kill/stop/cont/terminate like a ``BrokerProcess``."""
+    """One broker container; ``start()`` once, then kill/stop/cont/terminate like a ``BrokerUnderTest``."""
 
     def __init__(
         self,
@@ -75,7 +75,7 @@ class BrokerContainer:
         dsn: str | None = None,
         store: str = "memory",
         env: Mapping[str, str] | None = None,
-        cwd: str | None = None,  # accepted for BrokerProcess compatibility; the image sets its WORKDIR
+        cwd: str | None = None,  # accepted for BrokerUnderTest compatibility; the image sets its WORKDIR
         ready_timeout: float = 30.0,
         init: bool = True,
     ) -> None:

@@ -24,6 +24,7 @@ checkouts may still use them); ``python -m chaos.containers prune`` removes them
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import fcntl
 import hashlib
@@ -401,9 +402,8 @@ class Images:
             files[f"{here}/postgres-entrypoint.sh"] = DOCKERFILES / "postgres-entrypoint.sh"
         elif kind == "toxiproxy":
             chaos_dir = DOCKERFILES.parents[1]
-            files["chaos/__init__.py"] = chaos_dir / "__init__.py"
-            for src in sorted((chaos_dir / "toxiproxy").glob("*.py")):
-                files[f"chaos/toxiproxy/{src.name}"] = src
+            for src in _chaos_closure(chaos_dir, sorted((chaos_dir / "toxiproxy").glob("*.py"))):
+                files[f"chaos/{src.relative_to(chaos_dir)}"] = src
         elif kind == "broker":
             spec = importlib.util.find_spec("broker")
             if spec is None or not spec.submodule_search_locations:
@@ -462,6 +462,40 @@ class Images:
 
     def _report(self, kind: str, image: str, how: str, t0: float) -> None:
         self.reports.append(BuildReport(kind, image, how, round(time.monotonic() - t0, 2)))
+
+
+def _chaos_closure(chaos_dir: Path, start: list[Path]) -> list[Path]:
+    """``start`` and every module of the ``chaos`` package they import, transitively (with the
+    packages' ``__init__.py``), plus ``chaos/reaper.py``, which the supervisor runs by path.
+
+    The fault proxy needs nothing outside the standard library, but it does use other lab
+    modules (the supervisor), so the image gets exactly those and nothing else.
+    """
+    seen: dict[Path, None] = {}
+    todo = list(start)
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.exists():
+            continue
+        seen[path] = None
+        rel = path.relative_to(chaos_dir)
+        for parent in rel.parents:  # the __init__.py of each package on the way
+            todo.append(chaos_dir / parent / "__init__.py")
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                parts = name.split(".")
+                if parts[0] != "chaos":
+                    continue
+                base = chaos_dir.joinpath(*parts[1:])
+                todo += [base.with_suffix(".py"), base / "__init__.py"]
+        if rel.as_posix() == "supervisor.py":
+            todo.append(chaos_dir / "reaper.py")
+    return sorted(seen)
 
 
 def _dpkg_arch() -> str:

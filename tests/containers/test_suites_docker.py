@@ -14,12 +14,13 @@ from collections.abc import Iterator
 
 import pytest
 
-import chaos.scenario
+import chaos.runner
+from chaos.config import LabConfig
 from chaos.containers import CONTAINER_REFERENCE_BROKER_CMD, BrokerContainer, DockerBackend
-from chaos.environment import Lab, LabConfig, LabSession
-from chaos.scenario import assert_all_pass, run_scenario
-from scenarios.test_fmea1_storage import storage_faults
-from scenarios.test_fmea3_crash import crash_and_restart
+from chaos.environment import Lab, LabSession
+from chaos.runner import assert_all_pass, run_scenario
+from chaos.suites.crash import crash_and_restart
+from chaos.suites.storage import storage_faults
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
@@ -66,7 +67,7 @@ def run_on_docker(
     docker_session: LabSession, backend: DockerBackend, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[object]:
     ContainerLab.backend = backend
-    monkeypatch.setattr(chaos.scenario, "Lab", ContainerLab)
+    monkeypatch.setattr(chaos.runner, "Lab", ContainerLab)
     config = LabConfig(broker_cmd=CONTAINER_REFERENCE_BROKER_CMD, store="postgres")
 
     def run(scenario: object) -> object:
@@ -82,7 +83,7 @@ def test_fmea1_storage_faults_on_containers(run_on_docker) -> None:  # type: ign
     result = run_on_docker(storage_faults)
     assert_all_pass(result)
     (stop,) = [
-        e.value for e in result.history.events if e.f == "fault-stop" and e.value["name"] == "storage-pg-stop"
+        e.value for e in result.history.events if e.f == "fault-stop" and e.value["name"] == "postgres-stop"
     ]
     assert stop["effective"] and stop["restarted"]  # PostgreSQL's container stopped, back on its port
 
@@ -92,5 +93,5 @@ def test_fmea3_crash_on_containers(run_on_docker) -> None:  # type: ignore[no-un
     result = run_on_docker(crash_and_restart)
     assert_all_pass(result)
     faults = {e.value["name"]: e.value for e in result.history.events if e.f == "fault-stop"}
-    assert faults["kill"]["effective"] and faults["kill"]["exit_code"] == -9  # container.kill, same port
-    assert faults["sigstop"]["effective"]  # pause: /healthz unanswered while frozen, answered after
+    assert faults["broker-kill"]["effective"] and faults["broker-kill"]["exit_code"] == -9  # same port
+    assert faults["broker-pause"]["effective"]  # pause: /healthz unanswered while frozen, answered after

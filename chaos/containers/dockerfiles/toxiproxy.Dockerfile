@@ -6,8 +6,9 @@ FROM ${BASE}
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 \
     && rm -rf /var/lib/apt/lists/*
-COPY chaos/__init__.py /opt/fastport/chaos/__init__.py
-COPY chaos/toxiproxy/ /opt/fastport/chaos/toxiproxy/
+# chaos/toxiproxy and the lab modules it imports (the builder puts exactly those in the context;
+# for docker-compose.local.yml, .dockerignore lets them in)
+COPY chaos/ /opt/fastport/chaos/
 ENV PYTHONPATH=/opt/fastport PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 LABEL fastport-lab.listening-line=json
 EXPOSE 8474
