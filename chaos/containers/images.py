@@ -211,16 +211,17 @@ class Images:
     def prune(self) -> list[str]:
         """Remove local builds other than the current tag of each kind (and unused); their tags.
 
-        The ``:compose`` tags of docker-compose.local.yml are kept too.
+        The ``:compose`` tags of docker-compose.local.yml are kept too; untagged (dangling)
+        images with the lab's label, left by rebuilds under the same tag, are removed.
         """
         keep = {self.local(k) for k in KINDS} | {self.local("base"), BASE_ALIAS}
         removed = []
         for image in self.client.images.list(filters={"label": LABEL_IMAGE}):
             tags = set(image.tags)
-            if tags and not tags & keep and not any(t.endswith(":compose") for t in tags):
+            if not tags or (not tags & keep and not any(t.endswith(":compose") for t in tags)):
                 with contextlib.suppress(docker.errors.APIError):  # in use by a container: kept
                     self.client.images.remove(image.id)
-                    removed += image.tags
+                    removed += image.tags or [image.short_id]
         return removed
 
     # --- resolution -------------------------------------------------------------------------
