@@ -184,6 +184,11 @@ class _Side(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.out: Link | None = None
         self.into: Link | None = None
+        # Read before the links exist. The client side is paused in connection_made until the
+        # upstream is dialled, but CPython before 3.11.3 adds the reader after connection_made
+        # regardless, so data can arrive early; it is kept and fed once the link is there.
+        self.early: list[bytes] = []
+        self.early_eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -194,10 +199,14 @@ class _Side(asyncio.Protocol):
         out = self.out
         if out is not None:
             out.feed(data)
+        else:
+            self.early.append(data)
 
     def eof_received(self) -> bool:
         if self.out is not None:
             self.out.feed_eof()
+        else:
+            self.early_eof = True
         return True  # keep the socket: data may still flow the other way until the EOF lands
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -255,6 +264,11 @@ class Connection:
         self.links = {"upstream": up, "downstream": down}
         self.client.out, self.client.into = up, down
         self.server.out, self.server.into = down, up
+        early, self.client.early = self.client.early, []
+        for chunk in early:
+            up.feed(chunk)
+        if self.client.early_eof:
+            up.feed_eof()
         client.resume_reading()
 
     def link_finished(self, link: Link) -> None:
