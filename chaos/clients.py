@@ -29,6 +29,7 @@ import fcntl
 import json
 import logging
 import math
+import socket
 import sys
 import termios
 import threading
@@ -143,7 +144,10 @@ class _Client:
         reconnect: bool = True,
         backoff: tuple[float, float] = (0.05, 1.0),
         open_timeout: float = 10.0,
+        rcvbuf: int | None = None,
     ) -> None:
+        """*rcvbuf*: a small socket receive buffer (SO_RCVBUF, bytes), so that a reader that stops
+        reading backs the broker up after little data (the ``subscriber-slow`` fault)."""
         if not client_id:
             raise ValueError("client_id must be a non-empty string")
         if backoff[0] <= 0 or backoff[1] < backoff[0]:
@@ -154,6 +158,9 @@ class _Client:
         self.reconnect = reconnect
         self.backoff = backoff
         self.open_timeout = open_timeout
+        if rcvbuf is not None and rcvbuf < 1024:
+            raise ValueError(f"rcvbuf must be at least 1024 bytes, got {rcvbuf!r}")
+        self.rcvbuf = rcvbuf
         self.ws: ClientConnection | None = None
         self.connections = 0  # successful connects so far
         self.wire_bytes = 0  # bytes received off the socket, over all connections
@@ -164,6 +171,21 @@ class _Client:
         self._readable.set()
         self._cause: str | None = None  # why we are about to lose the connection (abort, close)
         self._given_up: str | None = None
+
+    async def _socket(self) -> socket.socket:
+        """A connected TCP socket with the small receive buffer asked for (set before connecting)."""
+        parts = urlsplit(self.url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, int(self.rcvbuf or 0))
+            sock.setblocking(False)
+            async with asyncio.timeout(self.open_timeout):
+                await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def _count_wire_bytes(self, ws: ClientConnection) -> None:
         """Count the bytes this connection receives off the socket (compressed or not, as sent)."""
@@ -283,10 +305,14 @@ class _Client:
     async def _loop(self) -> None:
         attempt = 0
         while not self._closing.is_set():
+            await self._before_connect()
             attempt += 1
             self.record("invoke", "connect", value={"attempt": attempt})
             try:
-                ws = await connect(self.url, open_timeout=self.open_timeout, max_size=None, close_timeout=2.0)
+                sock = await self._socket() if self.rcvbuf else None
+                ws = await connect(
+                    self.url, sock=sock, open_timeout=self.open_timeout, max_size=None, close_timeout=2.0
+                )
             except InvalidURI as exc:
                 self._given_up = f"bad url: {exc}"
                 self.record(
@@ -361,6 +387,9 @@ class _Client:
         pass
 
     async def _on_disconnected(self) -> None:
+        pass
+
+    async def _before_connect(self) -> None:
         pass
 
     async def _on_frame(self, frame: dict[str, Any]) -> None:
@@ -462,8 +491,17 @@ class Subscriber(_Client):
 
     async def _on_disconnected(self) -> None:
         self.subscribed.clear()
-        self._readable.set()  # a new connection reads normally again
-        self._paused = False
+
+    async def _before_connect(self) -> None:
+        # A reader stalled on purpose comes back when it reads again, not while it is stalled
+        # (a broker that closed it for being slow must not get it back at once, replays and all).
+        closing = asyncio.ensure_future(self._closing.wait())
+        resumed = asyncio.ensure_future(self._readable.wait())
+        try:
+            await asyncio.wait({closing, resumed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            resumed.cancel()
 
     async def _on_frame(self, frame: dict[str, Any]) -> None:
         kind = frame["type"]
@@ -575,7 +613,7 @@ class Subscriber(_Client):
 
     def resume_reading(self) -> None:
         ws = self.ws
-        self._readable.set()
+        self._readable.set()  # also lets a reader closed while stalled reconnect
         if ws is not None:
             ws.transport.resume_reading()
         self._paused = False

@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only scenarios matching this pytest -k expression")
     p.add_argument("--config", metavar="TOML", help="gate thresholds (default gate.toml)")
     p.add_argument("--no-live", action="store_true", help="no live display (plain output, e.g. in CI logs)")
+    p.add_argument("--pytest-arg", action="append", default=[], metavar="ARG",
+                   help="one more argument for pytest (repeatable), e.g. --pytest-arg=-x")
     return p
 
 
@@ -122,6 +124,12 @@ def summary(console: Console, report: RunReport) -> None:
         table.add_row(s["name"], str(s.get("fmea") or ""), f"[{STATUS_STYLE.get(status, '')}]{status}[/]",
                       marks, why)
     gate_result = report.results.get("gate", {})
+    rate = gate_result.get("kill_rate")
+    if rate:
+        missed = f"; missed: {', '.join(rate['missed'])}" if rate["missed"] else ""
+        console.print(
+            f"seeded bugs caught: {rate['caught']} of {rate['seeded']} (kill rate {rate['rate']:.0%}){missed}"
+        )
     status = gate_result.get("status", "?")
     console.print(Group(table, Text(f"{status.upper()}: {gate_result.get('summary', '')}",
                                     style=STATUS_STYLE.get(status, "bold"))))
@@ -138,6 +146,7 @@ def main(argv: Sequence[str] | None = None, *, runner: SuiteRunner | None = None
         gate_args = gate_parser().parse_args([])
         gate_args.broker_cmd, gate_args.store, gate_args.seed = args.broker_cmd, args.store, args.seed
         gate_args.intensity = args.intensity
+        gate_args.pytest_args = list(args.pytest_arg)
         gate_args.runs_dir, gate_args.select, gate_args.config = args.out, args.select, args.config
         gate_args.suite = suite_paths(args.scenarios) or None
         config = gate_config(gate_args)

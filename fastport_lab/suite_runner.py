@@ -63,7 +63,7 @@ class SuiteRequest:
 SuiteRunner = Callable[[SuiteRequest], None]
 
 
-SCENARIO_META = ("nodeid", "flaw", "expect", "schedule", "seed", "reproduce")
+SCENARIO_META = ("nodeid", "flaw", "mutant", "expect", "schedule", "seed", "reproduce")
 
 
 def ingest_scenario_dirs(root: Path, recorder: RunRecorder) -> int:

@@ -20,7 +20,7 @@ import jinja2
 
 from chaos.checkers.verdict import is_not_applicable
 from reports import plots
-from reports.judge import GateConfig, GateOutcome, judge_results
+from reports.judge import GateConfig, GateOutcome, judge_results, seeded_bug
 from reports.junit import build_junit
 from reports.record import RunFormatError, RunRecorder, read_results
 
@@ -99,7 +99,7 @@ def render_run(results: Mapping[str, Any]) -> str:
             figures[f"timeline-{s['slug']}"] = json.loads(plots.to_json(plots.timeline_figure(s["timeline"])))
     gate = results.get("gate") or {}
     title, subtitle = BANNERS.get(gate.get("status", "unknown"), BANNERS["unknown"])
-    flaws = [s for s in results.get("scenarios", []) if (s.get("meta") or {}).get("flaw")]
+    seeded = [s for s in results.get("scenarios", []) if seeded_bug(s)]
     return (
         _env()
         .get_template("run.html.j2")
@@ -109,7 +109,8 @@ def render_run(results: Mapping[str, Any]) -> str:
             banner_title=title,
             banner_subtitle=subtitle,
             outcomes={o["name"]: o for o in gate.get("scenarios", [])},
-            flaws=flaws,
+            seeded=seeded,
+            kill_rate=gate.get("kill_rate"),
             figures_json=json.dumps(figures, separators=(",", ":")).replace("</", "<\\/"),
             plotly_js=plots.PLOTLY_JS,
         )
@@ -156,8 +157,8 @@ def run_summary(results: Mapping[str, Any], folder: Path) -> dict[str, Any]:
         counts[o["status"]] = counts.get(o["status"], 0) + 1
     worst = None
     for s in results.get("scenarios", []):
-        if (s.get("meta") or {}).get("flaw"):
-            continue  # a flawed broker on purpose: its latency is not the product's trend
+        if seeded_bug(s):
+            continue  # a broken broker on purpose: its latency is not the product's trend
         for w in (s.get("phases") or {}).get("windows", []):
             p = (w.get("latency") or {}).get("p99_ms")
             if isinstance(p, (int, float)) and (worst is None or p > worst):

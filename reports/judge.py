@@ -5,7 +5,8 @@ A run's ``results.json`` holds each scenario's verdicts with their evidence.
 
 * ``0`` pass: every applicable verdict passed and no threshold was crossed;
 * ``1`` fail: an invariant was violated, a threshold of ``gate.toml`` was crossed,
-  or a flaw-matrix scenario's flaw was *not* caught;
+  or a seeded bug (a ``--flaw`` of the reference broker, a ``--mutant`` of the
+  foreign broker) was *not* caught by the checker expected to catch it;
 * ``2`` unknown: nothing failed but some verdict could not be shown either way
   (``[gate] unknown = "warn"`` turns this into 0 with a warning);
 * ``3`` environment error: the suites could not run (decided by the caller).
@@ -144,8 +145,11 @@ class GateOutcome:
     def findings(self) -> list[Finding]:
         return [f for s in self.scenarios for f in s.findings]
 
+    kill_rate: dict[str, Any] | None = None
+
     def to_dict(self, config: GateConfig) -> dict[str, Any]:
         return {
+            "kill_rate": self.kill_rate,
             "status": self.status,
             "exit_code": self.exit_code,
             "summary": self.summary,
@@ -243,13 +247,39 @@ def findings_for(scenario: Mapping[str, Any], th: Thresholds) -> Iterator[Findin
             yield f
 
 
+SEEDED_KINDS = ("flaw", "mutant")  # meta keys of scenarios run against a bug put in on purpose
+
+
+def seeded_bug(scenario: Mapping[str, Any]) -> str | None:
+    """``"flaw store-first"`` / ``"mutant backlog-cap"`` for a seeded-bug scenario, else None."""
+    meta = scenario.get("meta") or {}
+    for kind in SEEDED_KINDS:
+        if meta.get(kind):
+            return f"{kind} {meta[kind]}"
+    return None
+
+
+def kill_rate(scenarios: list[Mapping[str, Any]], outcomes: Mapping[str, str]) -> dict[str, Any] | None:
+    """How many seeded bugs the run caught (outcome pass): the lab's own kill rate; None without any."""
+    seeded = [s for s in scenarios if seeded_bug(s)]
+    if not seeded:
+        return None
+    caught = [s["name"] for s in seeded if outcomes.get(s.get("name", "")) == "pass"]
+    return {
+        "seeded": len(seeded),
+        "caught": len(caught),
+        "rate": round(len(caught) / len(seeded), 4),
+        "missed": [s.get("name") for s in seeded if s.get("name") not in caught],
+    }
+
+
 def judge_scenario(scenario: Mapping[str, Any], config: GateConfig) -> ScenarioOutcome:
     name = scenario.get("name", "?")
     verdicts = scenario.get("verdicts", [])
     error = scenario.get("error")
-    flaw = (scenario.get("meta") or {}).get("flaw")
-    if flaw:
-        return _judge_flaw(scenario, flaw)
+    seeded = seeded_bug(scenario)
+    if seeded:
+        return _judge_flaw(scenario, seeded)
     reasons: list[str] = []
     fails = [v for v in verdicts if v.get("status") == "fail"]
     unknowns = [v for v in verdicts if v.get("status") == "unknown" and not is_not_applicable(v)]
@@ -271,28 +301,28 @@ def judge_scenario(scenario: Mapping[str, Any], config: GateConfig) -> ScenarioO
 
 
 def _judge_flaw(scenario: Mapping[str, Any], flaw: str) -> ScenarioOutcome:
-    """A flaw-matrix scenario passes when its flaw was caught: the expected checker *failed*."""
+    """A seeded-bug scenario passes when its bug was caught: the expected checker *failed*."""
     name = scenario.get("name", "?")
     expect = (scenario.get("meta") or {}).get("expect")
     verdicts = {v.get("name"): v for v in scenario.get("verdicts", [])}
     if scenario.get("error"):
         return ScenarioOutcome(
-            name, "unknown", [f"flaw {flaw}: scenario did not complete: {scenario['error']}"], []
+            name, "unknown", [f"{flaw}: scenario did not complete: {scenario['error']}"], []
         )
     if expect:
         v = verdicts.get(expect)
         if v is None:
-            return ScenarioOutcome(name, "unknown", [f"flaw {flaw}: no {expect} verdict was recorded"], [])
+            return ScenarioOutcome(name, "unknown", [f"{flaw}: no {expect} verdict was recorded"], [])
         if v.get("status") == "fail":
-            return ScenarioOutcome(name, "pass", [f"flaw {flaw} caught by {expect}"], [])
+            return ScenarioOutcome(name, "pass", [f"{flaw} caught by {expect}"], [])
         status = "unknown" if v.get("status") == "unknown" else "fail"
         return ScenarioOutcome(
-            name, status, [f"flaw {flaw} NOT caught: {expect} said {v.get('status')}: {v.get('summary')}"], []
+            name, status, [f"{flaw} NOT caught: {expect} said {v.get('status')}: {v.get('summary')}"], []
         )
     caught = [n for n, v in verdicts.items() if v.get("status") == "fail"]
     if caught:
-        return ScenarioOutcome(name, "pass", [f"flaw {flaw} caught by {', '.join(caught)}"], [])
-    return ScenarioOutcome(name, "fail", [f"flaw {flaw} NOT caught: no checker failed"], [])
+        return ScenarioOutcome(name, "pass", [f"{flaw} caught by {', '.join(caught)}"], [])
+    return ScenarioOutcome(name, "fail", [f"{flaw} NOT caught: no checker failed"], [])
 
 
 def judge(results: Mapping[str, Any], config: GateConfig) -> GateOutcome:
@@ -301,6 +331,13 @@ def judge(results: Mapping[str, Any], config: GateConfig) -> GateOutcome:
     outs = [judge_scenario(s, config) for s in scenarios]
     if not outs:
         return GateOutcome("error", EXIT_ENV, "the run holds no scenario: nothing was tested.", [])
+    rate = kill_rate(scenarios, {o.name: o.status for o in outs})
+    outcome = _overall(outs, config)
+    outcome.kill_rate = rate
+    return outcome
+
+
+def _overall(outs: list[ScenarioOutcome], config: GateConfig) -> GateOutcome:
     failed = [o for o in outs if o.status == "fail"]
     unknown = [o for o in outs if o.status == "unknown"]
     if failed:

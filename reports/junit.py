@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from chaos.checkers.verdict import is_not_applicable
-from reports.judge import GateConfig, GateOutcome
+from reports.judge import GateConfig, GateOutcome, seeded_bug
 
 MAX_TEXT = 20_000
 
@@ -47,7 +47,7 @@ def build_junit(results: Mapping[str, Any], outcome: GateOutcome, config: GateCo
             if s.get(key) is not None:
                 ET.SubElement(props, "property", name=key, value=str(s[key]))
         cls = f"fastport-lab.{s.get('slug', name)}"
-        flaw = (s.get("meta") or {}).get("flaw")
+        flaw = seeded_bug(s)  # "flaw store-first", "mutant backlog-cap"
         expect = (s.get("meta") or {}).get("expect")
         if s.get("error"):
             case = _case(suite, cls, "scenario-completed", s.get("duration_s"))
@@ -57,13 +57,11 @@ def build_junit(results: Mapping[str, Any], outcome: GateOutcome, config: GateCo
             status, summary = v["status"], v.get("summary", "")
             if flaw:
                 if expect and v["name"] != expect:
-                    ET.SubElement(case, "skipped", message=f"informational in flaw scenario {flaw}: {status}")
+                    ET.SubElement(case, "skipped", message=f"informational with the {flaw}: {status}")
                 elif status == "fail":
-                    case.set("name", f"{v['name']} catches flaw {flaw}")
+                    case.set("name", f"{v['name']} catches {flaw}")
                 else:
-                    el = ET.SubElement(
-                        case, "failure", message=f"flaw {flaw} not caught: {status}: {summary}"
-                    )
+                    el = ET.SubElement(case, "failure", message=f"{flaw} not caught: {status}: {summary}")
                     el.set("type", "flaw-not-caught")
                 continue
             if status == "fail":

@@ -5,8 +5,8 @@ latency and deliveries, and ``recovery_s``: from the fault's stop until the
 first message published after it reached every recipient within the baseline
 p99 (``factor x baseline p99 + slack``), i.e. delivery was normal again (when it
 never was, the rest of the run, flagged ``normal_by_end: false``). The
-baseline is every message published outside all fault windows (the latency
-checkers' definition, ``chaos.checkers.latency``). The gate holds
+baseline is the latency checkers' (``chaos.checkers.latency``): the messages
+published before the first fault. The gate holds
 ``recovery_s`` to ``max_recovery_s`` and the baseline p99 to ``baseline_p99_ms``.
 
 Fails when, after a fault that landed, no message published later reached all
@@ -22,7 +22,7 @@ from bisect import bisect_left, bisect_right
 from typing import Any
 
 from chaos.checkers.facts import Facts, facts_of, window_evidence
-from chaos.checkers.latency import Sample, message_samples
+from chaos.checkers.latency import Sample, collect, message_samples
 from chaos.checkers.stats import latency_summary, ms, percentile
 from chaos.checkers.verdict import Verdict, failed, passed, unknown
 from chaos.history import History
@@ -49,9 +49,7 @@ def check_recovery(history: History | Facts, *, factor: float = 1.0, slack: floa
     per_message = message_samples(facts)
     times = [m.invoke_time for m, _ in per_message]
     groups = [g for _, g in per_message]
-    base = [
-        s[2] for m, g in per_message for s in g if not any(w.contains(m.invoke_time, end) for w in windows)
-    ]
+    base = [s[2] for s in collect(facts, [], lambda _c: True)[0]]
     finite = [v for v in base if math.isfinite(v)]
     bound = factor * percentile(finite, 99) + slack if finite else None
     deliver_times = sorted(ev.time for ev in h.by_f("deliver"))

@@ -15,9 +15,12 @@ Under a paced workload of hundreds of messages per phase:
    fault proxy in front of them, so the broker's next writes to them fail;
 2. ``link-cut``: two links are closed in the middle of a frame;
 3. ``link-blackhole``: one link goes half-open, and the broker writes into it;
-4. ``subscriber-slow``: four subscribers stop reading while large incompressible
-   messages go out (more than any socket buffers hold, whatever the broker's
-   compression), so the broker's sends to them back up.
+4. ``subscriber-slow``: four subscribers (with small socket receive buffers) stop
+   reading while large incompressible messages go out to them on a topic of their
+   own (more than their sockets hold, whatever the broker's compression), so the
+   broker's sends to them back up; meanwhile the usual traffic goes on, to them
+   and to everyone else: a fan-out that waits on (or trips over) a stalled
+   reader delays the healthy subscribers after it.
 
 Judged: the healthy subscribers get everything as fast as in the baseline
 (isolation, per fault window), every subscriber, the faulty ones included,
@@ -28,6 +31,7 @@ after each fault.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Sequence
 
@@ -43,17 +47,52 @@ from chaos.checkers.verdict import Verdict
 from chaos.clients import Publisher, Subscriber, wait_for
 from chaos.environment import Lab
 from chaos.faults import Fault, LinkBlackhole, LinkCut, LinkReset, SubscriberSlow
+from chaos.faults.subscriber import tcp_send_queue
 from chaos.nemesis import Nemesis
 from chaos.workload import answers, incompressible, publish_paced, published_ids, settle
 
 TOPIC = "fmea2.prices"
-BIG_TOPIC = "fmea2.reports"  # large messages: what a stalled reader's buffers fill up with
+BIG_TOPIC = "fmea2.reports"  # large messages, to the slow readers only: what their buffers fill up with
+SLOW_RCVBUF = 64 << 10  # the slow readers' socket receive buffer: a few MiB back the broker up
 FACTOR, SLACK = 3.0, 0.5  # generous for 2 shared cores; a stalled fan-out delays the healthy for seconds
 HEALTHY = ("a-h1", "d-h2", "h-h3", "p-h4", "u-h5", "z-h6")
 SLOW = ("c-slow", "j-slow", "q-slow", "x-slow")
 RESET = ("f-reset", "t-reset")
 CUT = ("k-cut", "w-cut")
 BLACKHOLE = ("n-blackhole",)
+
+
+BACKED_UP = 3 << 20  # bytes the broker's kernel could not send to a reader: its socket is about full
+
+
+class _BackedUp:
+    """Whether the broker's writes to a stalled reader have backed up: its end of the connection holds
+    megabytes it cannot send (where the broker's socket cannot be seen: the reader's own buffer is
+    full), or it closed the reader. Looked at no more often than every 50 ms: it reads /proc."""
+
+    def __init__(self, lab: Lab, readers: Sequence[Subscriber]) -> None:
+        self.lab, self.readers = lab, readers
+        self._at = -1.0
+        self._seen = False
+
+    def __call__(self) -> bool:
+        now = self.lab.history.now()
+        if not self._seen and now - self._at >= 0.05:
+            self._at = now
+            self._seen = any(self._one(r) for r in self.readers)
+        return self._seen
+
+    def _one(self, reader: Subscriber) -> bool:
+        ws = reader.ws
+        if ws is None:
+            return True  # the broker closed it: it noticed the backpressure
+        here = ws.transport.get_extra_info("sockname")
+        if here is None or self.lab.port is None:
+            return False
+        queued = tcp_send_queue(self.lab.port, here[1])
+        if queued is None:
+            return (reader.socket_backlog() or 0) >= SLOW_RCVBUF
+        return queued >= BACKED_UP
 
 
 async def _burst_with(
@@ -91,28 +130,26 @@ async def subscriber_faults(lab: Lab, nemesis: Nemesis) -> list[Verdict]:
     for name in names:
         if name in linked:
             subs[name] = await lab.linked_subscriber(name, [TOPIC])
+        elif name in SLOW:
+            subs[name] = lab.subscriber(name, [TOPIC, BIG_TOPIC], rcvbuf=SLOW_RCVBUF)
         else:
-            subs[name] = lab.subscriber(name, [TOPIC, BIG_TOPIC])
+            subs[name] = lab.subscriber(name, [TOPIC])
     pub = lab.publisher("p")
+    bulk = lab.publisher("bulk")  # the large messages, on a connection of their own
     for name in names:
         await subs[name].start()
-    await pub.start()
+    for p in (pub, bulk):
+        await p.start()
     everyone = list(subs.values())
-    healthy = [subs[n] for n in HEALTHY]
-    on_big = [subs[n] for n in (*HEALTHY, *SLOW)]
+    slow = [subs[n] for n in SLOW]
 
     def big(_i: int) -> str:
         return incompressible(load.big_bytes)
 
-    # Baseline with the shapes of the fault phases (small and large messages), so the bound
-    # compares like with like.
-    small = published_ids(await answers(await publish_paced(pub, TOPIC, load.per_phase, load.rate)))
-    big_rate = max(50.0, load.rate / 4)
-    large = published_ids(
-        await answers(await publish_paced(pub, BIG_TOPIC, load.big_messages // 2, big_rate, big, timeout=60))
-    )
+    small = published_ids(
+        await answers(await publish_paced(pub, TOPIC, load.per_phase, load.rate))
+    )  # baseline
     await settle(lab.history, everyone, small, timeout=30)
-    await settle(lab.history, on_big, large, timeout=30)
 
     for make, group in ((LinkReset, RESET), (LinkCut, CUT), (LinkBlackhole, BLACKHOLE)):
         small += await _burst_with(
@@ -120,18 +157,37 @@ async def subscriber_faults(lab: Lab, nemesis: Nemesis) -> list[Verdict]:
         )
         await settle(lab.history, everyone, small, timeout=30)
 
-    # The stall: four subscribers stop reading while large messages go out to them.
-    first = pub.seq
-    big_ids = [f"{pub.client_id}-{first + i}" for i in range(load.big_messages)]
-    async with nemesis.inject(SubscriberSlow([subs[n] for n in SLOW], big_ids)):
-        tasks = await publish_paced(pub, BIG_TOPIC, load.big_messages, big_rate, big, timeout=60)
-        # The healthy ones get all of it while the slow ones are stalled, unless stuck behind them
-        # (then the window ends after this wait: short enough for no keepalive to end the stall).
-        await settle(lab.history, [s for s in on_big if s in healthy], big_ids, timeout=5.0)
-    await answers(tasks)
+    # The stall: the slow readers stop reading while large messages fill their sockets, and the
+    # usual traffic goes on to everyone.
+    first = bulk.seq
+    big_ids = [f"{bulk.client_id}-{first + i}" for i in range(load.big_messages)]
+    big_rate = max(50.0, load.rate / 4)
+    async with nemesis.inject(SubscriberSlow(slow, big_ids)):
+        heavy = asyncio.create_task(
+            publish_paced(bulk, BIG_TOPIC, load.big_messages, big_rate, big, timeout=60), name="big"
+        )
+        # The usual traffic is judged once the stalled readers' sockets are full (the event, not a
+        # time: a broker that compresses takes longer to fill them).
+        backed_up = _BackedUp(lab, slow)
+        with contextlib.suppress(TimeoutError):
+            await wait_for(
+                lab.history,
+                lambda: heavy.done() or backed_up(),
+                timeout=30,
+                what="the broker's writes to a stalled reader to back up",
+            )
+        tasks = await publish_paced(pub, TOPIC, load.per_phase, load.rate)
+        tasks += await heavy
+        # The healthy ones get the usual traffic as fast as ever, unless a fan-out is stuck behind (or
+        # tripped over) a stalled reader: then the window ends after this wait, short enough for no
+        # keepalive to end the stall.
+        during = [f"{pub.client_id}-{pub.seq - 1}"]
+        await settle(lab.history, [s for s in everyone if s not in slow], during, timeout=5.0)
+    done = await answers(tasks)
     rec = await answers(await publish_paced(pub, TOPIC, max(20, load.per_phase // 3), load.rate))  # recovery
-    await settle(lab.history, everyone, small + published_ids(rec), timeout=30)
-    await settle(lab.history, on_big, large + big_ids, timeout=30)
+    small += [a.id for a in done if a.ok and not a.id.startswith(bulk.client_id)] + published_ids(rec)
+    await settle(lab.history, everyone, small, timeout=30)
+    await settle(lab.history, slow, big_ids, timeout=30)
     facts = Facts(lab.history)
     return [
         check_isolation(facts, factor=FACTOR, slack=SLACK),

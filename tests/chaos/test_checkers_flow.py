@@ -24,7 +24,8 @@ def test_availability_passes_when_delivery_stays_fast_during_storage_fault():
     assert v.status == "pass", v.summary
     w = v.evidence["windows"][0]
     assert w["name"] == "storage-down" and w["start_s"] == 3.0 and w["end_s"] == 5.0
-    assert w["latency"]["samples"] >= 30 and v.evidence["baseline"]["samples"] >= 70
+    # the baseline is the steady state before the first fault (t < 3 s), not the recovery after it
+    assert w["latency"]["samples"] >= 30 and 30 <= v.evidence["baseline"]["samples"] < 70
     assert v.evidence["bound_ms"] > 50
     json.dumps(v.to_dict())  # evidence is plain JSON
 

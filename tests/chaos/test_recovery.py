@@ -15,7 +15,7 @@ def test_recovery_compares_each_fault_with_the_baseline():
     v = check_recovery(h)
     assert v.status == "pass", v
     ev = v.evidence
-    assert ev["baseline"]["samples"] == 2 * 80 and ev["baseline"]["undelivered"] == 0
+    assert ev["baseline"]["samples"] == 2 * 40 and ev["baseline"]["undelivered"] == 0  # before the fault
     assert ev["baseline"]["p99_ms"] < 10
     (w,) = ev["windows"]
     assert w["name"] == "storage-latency" and w["latency"]["samples"] == 2 * 40

@@ -2,9 +2,9 @@
 
 Each mutant is one mistake a real implementer makes, switched on with ``--mutant NAME``.
 ``invariant`` is the PROTOCOL.md promise it breaks, ``checker`` the lab checker that
-should catch it, ``suite`` the kind of fault that exposes it (storage faults,
-subscriber faults, crash/restart, port, bad input, load). ``load_only`` marks bugs that
-only bite under volume, which the lab's short chaos suites are not expected to see.
+should catch it, ``suite`` the chaos suite that exposes it (storage faults, subscriber
+faults, crash/restart, port, bad input). ``load_only`` marks bugs that only bite under
+volume: the suites drive that volume (``--intensity default``), so they must catch them too.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ class Mutant:
     checker: str
     suite: str
     load_only: bool = False
+    args: tuple[str, ...] = ()  # launch options the bug needs to bite (a realistic setting, not a trap)
 
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -52,6 +53,10 @@ MUTANTS: tuple[Mutant, ...] = (
         "isolation: a failing recipient does not stop delivery to the others",
         "isolation",
         "subscriber faults",
+        args=(
+            "--send-queue",
+            "40",
+        ),  # a slow-consumer limit a deployment sets: the push that overflows raises
     ),
     Mutant(
         "store-first",
@@ -113,7 +118,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "the oldest beyond it",
         "at-least-once: nothing silently dropped (dead-letter is counted and kept)",
         "at-least-once",
-        "load",
+        "crash/restart",
         load_only=True,
     ),
     Mutant(
@@ -122,7 +127,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "SIGKILL under load loses messages reported persisted",
         "persisted means durable: it survives a SIGKILL",
         "hydration",
-        "load",
+        "crash/restart",
         load_only=True,
     ),
     Mutant(
@@ -131,7 +136,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "whose socket buffers fill stalls every publish",
         "isolation: a slow recipient does not delay the others",
         "isolation",
-        "load",
+        "subscriber faults",
         load_only=True,
     ),
 )
