@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import random
 import socket as _stdsocket
@@ -32,6 +31,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import gevent
+import orjson
 from gevent import socket
 from gevent.event import Event
 from websockets.client import ClientProtocol
@@ -43,8 +43,8 @@ from websockets.uri import parse_uri
 log = logging.getLogger(__name__)
 READ_SIZE = 256 * 1024
 _refs = itertools.count(1)
-_dumps = json.dumps
-_loads = json.loads
+_dumps = orjson.dumps  # bytes out; about 3x faster than json on these small frames
+_loads = orjson.loads
 
 Frame = dict[str, Any]
 
@@ -217,7 +217,7 @@ class FastPortClient:
 
     def send(self, frame: Frame) -> bool:
         """Send one frame now; False when not connected (nothing is queued for later)."""
-        return self.send_text(_dumps(frame).encode())
+        return self.send_text(_dumps(frame))
 
     def send_text(self, data: bytes) -> bool:
         ws = self._ws
@@ -254,7 +254,7 @@ class FastPortClient:
 
     def ack(self, msg_id: str) -> bool:
         """Ack one delivery; inside a handler it leaves with the other frames of this read."""
-        return self.send_text(b'{"type":"ack","id":%s}' % _dumps(msg_id).encode())
+        return self.send_text(b'{"type":"ack","id":%s}' % _dumps(msg_id))
 
     def ack_many(self, msg_ids: list[str]) -> int:
         """Ack several deliveries in one write; returns how many were sent (0 when not connected)."""
@@ -262,7 +262,7 @@ class FastPortClient:
         if ws is None or ws.state is not State.OPEN:
             return 0
         for msg_id in msg_ids:
-            ws.send_text(b'{"type":"ack","id":%s}' % _dumps(msg_id).encode())
+            ws.send_text(b'{"type":"ack","id":%s}' % _dumps(msg_id))
         if not self._in_read:
             self._flush_protocol(ws)
         return len(msg_ids)
@@ -376,7 +376,7 @@ class FastPortClient:
         self._in_read = True  # the subscribes and on_open's frames leave together
         try:
             for topic in self.topics:
-                ws.send_text(b'{"type":"subscribe","topic":%s}' % _dumps(topic).encode())
+                ws.send_text(b'{"type":"subscribe","topic":%s}' % _dumps(topic))
             if self.on_open is not None:
                 self.on_open(self.connections)
         finally:

@@ -117,8 +117,10 @@ class LoadContext:
                 options.fp_topics = self._derive_topics()
         self.settings = Settings.from_options(options)
         if not self._recorder_made:
-            self.recorder = self.sink.recorder = LoadContext.recorder_factory(self.environment)
+            self.recorder = LoadContext.recorder_factory(self.environment)
+            self.sink.set_recorder(self.recorder)
             self._recorder_made = True
+        self.sink.log_request = _direct_stats(self.environment)
         self.quiet = False
         key = runner.client_id if isinstance(runner, WorkerRunner) else "local"
         self.window = RateWindow(self.stats, key)
@@ -198,7 +200,7 @@ class LoadContext:
                 results.append(False)
 
         for sub in list(self.subscribers):
-            if sub.client.connected:
+            if sub.client.connected and not sub.relay:  # the bench relay answers no ping
                 group.spawn(one, sub)
         group.join(timeout + 1)
         group.kill(block=False)
@@ -305,6 +307,22 @@ class LoadContext:
         if self.settings.summary:
             with open(self.settings.summary, "w") as fh:
                 json.dump(summary, fh, indent=2)
+
+
+def _direct_stats(environment: Environment) -> Callable[[str, str, float, int], None] | None:
+    """Locust's ``stats.log_request`` when its own listener is the only one on ``request``, else None.
+
+    Then firing the event would only reach that listener; calling it directly
+    skips the event's per-call copy and keyword plumbing. Any other listener
+    (a plugin, OpenTelemetry, the user's own) keeps the ordinary event.
+    """
+    handlers = getattr(environment.events.request, "_handlers", None)
+    runner = environment.runner
+    if runner is None or not isinstance(handlers, list) or len(handlers) != 1:
+        return None
+    if getattr(handlers[0], "__qualname__", "") != "Runner.__init__.<locals>.on_request":
+        return None
+    return runner.stats.log_request  # type: ignore[no-any-return]
 
 
 def context(environment: Environment) -> LoadContext:
