@@ -190,7 +190,7 @@ class FastPortClient:
         ws = self._ws
         if ws is not None and ws.state is State.OPEN:
             self._cause = "close"
-            ws.send_close()
+            ws.send_close(1000)
             self._flush_protocol(ws)
         reader = self._reader
         if reader is not None and not reader.dead and reader is not gevent.getcurrent():
@@ -235,6 +235,11 @@ class FastPortClient:
         self.send({"type": "subscribe", "topic": topic})
         if wait:
             self._wait(lambda: topic in self.subscribed, timeout, f"to be subscribed to {topic!r}")
+
+    def wait_subscribed(self, topics: list[str] | None = None, timeout: float = 10.0) -> None:
+        """Until every wanted topic (or *topics*) is confirmed on the current connection."""
+        want = list(self.topics) if topics is None else topics
+        self._wait(lambda: all(t in self.subscribed for t in want), timeout, f"to be subscribed to {want}")
 
     def unsubscribe(self, topic: str, wait: bool = True, timeout: float = 10.0) -> None:
         self.topics.pop(topic, None)
@@ -431,7 +436,7 @@ class FastPortClient:
             self._pulse()
         rcvd = ws.close_rcvd
         cause = self._cause or ("closed-by-broker" if rcvd is not None else "connection-lost")
-        return CloseInfo(cause, rcvd.code if rcvd else None, rcvd.reason if rcvd else None)
+        return CloseInfo(cause, int(rcvd.code) if rcvd else None, rcvd.reason if rcvd else None)
 
     def _bookkeep(self, kind: Any, frame: Frame) -> None:
         if kind == "subscribed":

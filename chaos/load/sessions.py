@@ -378,13 +378,7 @@ class SubscriberSession(_Session):
     def start(self, timeout: float = 10.0) -> None:
         """Connect and wait until every topic is confirmed ``subscribed``."""
         super().start(timeout)
-        topics = list(self.client.topics)
-        if topics:
-            self.client._wait(
-                lambda: all(t in self.client.subscribed for t in topics),
-                timeout,
-                f"to be subscribed to {topics}",
-            )
+        self.client.wait_subscribed(timeout=timeout)
 
     def _on_open(self, connection: int) -> None:
         super()._on_open(connection)
