@@ -1,8 +1,9 @@
 """The load users' settings: Locust custom arguments (``--fp-*``) and their validated form.
 
 They are added to Locust's own parser (``init_command_line_parser``), so they
-show in ``locust --help`` and the web UI, can live in a locust.conf, and reach
-the workers with the master's spawn message. Pure: usable with any argparse parser.
+show in the web UI, can live in a locust.conf (``fp-rate = 50``) and reach
+the workers with the master's spawn message. (``locust --help`` prints before
+it loads the locustfile, so it does not list them.) Pure: any argparse parser.
 """
 
 from __future__ import annotations

@@ -242,6 +242,8 @@ class LoadContext:
         return dict(self._replies)
 
     def on_reply(self, worker: str, data: dict[str, Any]) -> None:
+        if "fastport" in data:
+            self.absorb(data.pop("fastport"))
         self._replies[worker] = data
         self._replied.set()
 
@@ -363,8 +365,11 @@ def _worker_quiesce(environment: Environment, msg: Any, **_kw: Any) -> None:
 
 
 def _worker_barrier(environment: Environment, msg: Any, **_kw: Any) -> None:
-    passed, failed = context(environment).barrier(float(msg.data["timeout"]))
-    environment.runner.send_message("fastport:drained", {"passed": passed, "failed": failed})  # type: ignore[union-attr]
+    """Barrier, then ship everything counted and recorded so far with the answer (before any stop)."""
+    ctx = context(environment)
+    passed, failed = ctx.barrier(float(msg.data["timeout"]))
+    reply = {"passed": passed, "failed": failed, "fastport": ctx.ship()}
+    environment.runner.send_message("fastport:drained", reply)  # type: ignore[union-attr]
 
 
 def _master_reply(environment: Environment, msg: Any, **_kw: Any) -> None:

@@ -5,7 +5,7 @@
 
 One user in five publishes (``--fp-publishers N`` fixes the number), the rest
 subscribe, ten connections to a topic. Tune with the ``--fp-*`` options
-(``locust -f scenarios/load/locustfile.py --help``), for example
+(chaos/load/settings.py; Locust's ``--help`` does not list a locustfile's own), for example
 ``--fp-rate 50 --fp-payload-size 1024 --fp-incompressible --fp-ack-mix always=8,late=1,never=1``.
 Locust's own ``--processes K`` and ``--master`` / ``--worker`` work as usual;
 ``--fp-summary FILE`` writes the merged counters and exact percentiles.

@@ -21,8 +21,20 @@ HANG = 15.0  # seconds; only fires when something hangs
 
 
 def broker_command(*extra: str) -> list[str]:
-    return [sys.executable, "-m", "broker", "--host", "127.0.0.1", "--port", "{port}", "--store", "memory",
-            "--log-level", "warning", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "broker",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--store",
+        "memory",
+        "--log-level",
+        "warning",
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -59,7 +71,9 @@ class Inbox:
         self._changed.set()
 
     def of(self, kind: str, **match: Any) -> list[dict[str, Any]]:
-        return [f for f in self.frames if f.get("type") == kind and all(f.get(k) == v for k, v in match.items())]
+        return [
+            f for f in self.frames if f.get("type") == kind and all(f.get(k) == v for k, v in match.items())
+        ]
 
     def wait(self, until: Callable[[], bool], what: str, timeout: float = HANG) -> None:
         import gevent

@@ -52,8 +52,16 @@ def main(url: str) -> None:
     replayed = sum(1 for f in seen if f["attempt"] > 1)
     sub.close()
     pub.close()
-    print(json.dumps({"patched": socket.socket is gevent.socket.socket and monkey.is_module_patched("socket"),
-                      "delivered": len(seen), "acked_replayed": replayed, "reconnected": sub.connections == 2}))
+    print(
+        json.dumps(
+            {
+                "patched": socket.socket is gevent.socket.socket and monkey.is_module_patched("socket"),
+                "delivered": len(seen),
+                "acked_replayed": replayed,
+                "reconnected": sub.connections == 2,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -98,8 +98,13 @@ def test_reconnect_with_backoff_across_a_broker_restart(start_broker: Callable[.
     first = start_broker()
     port = first.port
     failed, inbox = Inbox(), Inbox()
-    sub = FastPortClient(first.url, "sub-r", on_frame=inbox, backoff=(0.02, 0.2),
-                         on_connect_failed=lambda error: failed({"type": "failed", "error": error}, 0))
+    sub = FastPortClient(
+        first.url,
+        "sub-r",
+        on_frame=inbox,
+        backoff=(0.02, 0.2),
+        on_connect_failed=lambda error: failed({"type": "failed", "error": error}, 0),
+    )
     sub.start()
     try:
         sub.subscribe("t")
@@ -107,7 +112,9 @@ def test_reconnect_with_backoff_across_a_broker_restart(start_broker: Callable[.
         failed.expect("failed")  # it keeps trying while the broker is down
         second = start_broker(port=port)  # same port: the lab's restarts keep the URL
         sub.wait_open(HANG)
-        inbox.expect("subscribed", count=2, topic="t")  # memory store: the subscription came back from the client
+        inbox.expect(
+            "subscribed", count=2, topic="t"
+        )  # memory store: the subscription came back from the client
         pub = FastPortClient(second.url, "pub-r").start()
         try:
             pub.publish("t", 1, id="pub-r-0")
@@ -139,7 +146,10 @@ def test_client_works_under_gevent_monkey_patching(broker: BrokerProcess) -> Non
     """The same client in a process that ran ``monkey.patch_all()`` first, as Locust does."""
     out = subprocess.run(
         [sys.executable, "-m", "tests.load.patched_client_check", broker.url],
-        env=locust_env(), capture_output=True, text=True, timeout=120,
+        env=locust_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
