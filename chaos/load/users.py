@@ -38,12 +38,14 @@ import json
 import logging
 import math
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import gevent
+import greenlet
 from gevent.event import Event
 from gevent.pool import Group
 from locust import User, constant, events, task
@@ -215,6 +217,10 @@ class LoadContext:
         runner = self.environment.runner
         if isinstance(runner, MasterRunner):
             workers = [w.id for w in runner.clients.all if w.state in (STATE_RUNNING, STATE_SPAWNING)]
+            expected = int(getattr(self.environment.parsed_options, "expect_workers", 1) or 1)
+            if len(workers) < expected:  # a worker quit or went missing (Ctrl-C of the group): just stop
+                log.info("fastport drain skipped: %d of %d workers running", len(workers), expected)
+                return
             quiet = self._ask(runner, workers, "fastport:quiesce", timeout)
             drained = self._ask(runner, workers, "fastport:barrier", timeout)
             passed = sum(r.get("passed", 0) for r in drained.values())
@@ -237,8 +243,10 @@ class LoadContext:
             runner.send_message(msg_type, {"timeout": timeout}, client_id=worker)
         deadline = time.monotonic() + timeout + 2
         while len(self._replies) < len(workers) and (left := deadline - time.monotonic()) > 0:
+            if self.quitting or any(w not in runner.clients for w in workers):
+                break  # a worker left (or we are quitting): nobody will answer for it
             self._replied.clear()
-            self._replied.wait(left)
+            self._replied.wait(min(left, 0.5))  # woken by each reply; re-checks who is still there
         return dict(self._replies)
 
     def on_reply(self, worker: str, data: dict[str, Any]) -> None:
@@ -351,12 +359,34 @@ def _on_init(environment: Environment, runner: Any = None, **_kw: Any) -> None:
     _current = ctx  # the report events carry no environment
     if ctx.settings.publishers:
         FastPortPublisher.fixed_count = ctx.settings.publishers
+    _route_ctrl_c(ctx)
     if isinstance(runner, WorkerRunner):
         runner.register_message("fastport:quiesce", _worker_quiesce, concurrent=True)
         runner.register_message("fastport:barrier", _worker_barrier, concurrent=True)
     elif isinstance(runner, MasterRunner):
         runner.register_message("fastport:quiet", _master_reply)
         runner.register_message("fastport:drained", _master_reply)
+
+
+def _route_ctrl_c(ctx: LoadContext) -> None:
+    """Deliver Ctrl-C to the main greenlet only, where Locust's shutdown expects it.
+
+    Python raises KeyboardInterrupt in whatever frame runs when SIGINT comes,
+    and under load that is often a socket reader or one of Locust's own
+    greenlets (its master's message listener, say), which then dies: seen here
+    as a master that never exits after Ctrl-C of a ``--processes`` run. A
+    gevent signal handler runs in a greenlet of its own and throws the
+    KeyboardInterrupt into the main greenlet instead; it also marks the run as
+    quitting, so the drain is skipped.
+    """
+    main = greenlet.getcurrent()
+
+    def on_sigint() -> None:
+        ctx.quitting = True
+        if not main.dead:
+            main.throw(KeyboardInterrupt)
+
+    gevent.signal_handler(signal.SIGINT, on_sigint)
 
 
 def _worker_quiesce(environment: Environment, msg: Any, **_kw: Any) -> None:

@@ -27,6 +27,14 @@ def _clients(broker: BrokerProcess) -> int:
         return int(json.load(resp)["clients"])
 
 
+def _connects(line: str) -> int:
+    """The request count of a ``fastport  connect`` row of Locust's console stats, else 0."""
+    fields = line.split()
+    if fields[:2] == ["fastport", "connect"] and len(fields) > 2 and fields[2].isdigit():
+        return int(fields[2])
+    return 0
+
+
 @pytest.mark.parametrize("target", ["group", "master"])
 def test_sigint_stops_master_and_workers(broker: BrokerProcess, target: str) -> None:
     """``group``: the terminal's Ctrl-C (every process of the group); ``master``: only the master's pid."""
@@ -46,9 +54,9 @@ def test_sigint_stops_master_and_workers(broker: BrokerProcess, target: str) -> 
     reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)  # type: ignore[union-attr]
     reader.start()
     try:
-        seen: list[str] = []
-        while not any("All users spawned" in line for line in seen):
-            seen.append(lines.get(timeout=60))  # raises queue.Empty on a hang
+        # Locust's console stats (from the workers' reports) say when all ten users are connected.
+        while _connects(lines.get(timeout=60)) < 10:  # queue.Empty on a hang
+            pass
         tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
         assert len(tree) == 3, [p.cmdline() for p in tree]  # the master and its two workers
         assert _clients(broker) == 10
