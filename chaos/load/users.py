@@ -305,7 +305,7 @@ class LoadContext:
         for metric, lat in summary["latency_ms"].items():
             if lat["count"]:
                 log.info(
-                    "fastport %-9s n=%-8d p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f ms",
+                    "fastport %-10s n=%-8d p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f ms",
                     metric,
                     lat["count"],
                     lat["p50"],
