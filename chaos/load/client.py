@@ -167,7 +167,7 @@ class FastPortClient:
         return self._ws is not None
 
     def start(self, wait: bool = True, timeout: float | None = None) -> FastPortClient:
-        """Spawn the reader loop; with *wait*, block until open (raises ConnectError/ClientClosed)."""
+        """Spawn the reader loop; with *wait*, block until open (TimeoutError; ClientClosed if it gave up)."""
         if self._reader is not None:
             raise RuntimeError("client already started")
         self._reader = gevent.spawn(self._run)
