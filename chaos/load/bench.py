@@ -117,7 +117,7 @@ def measure_lean(target: str, n: int, seconds: float, rnd: int) -> Row:
     return Row(rnd, target, n, "lean", rate, server_cpu, client_cpu)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -150,7 +150,7 @@ def locust_command(
         host,
     ]
     if processes > 1:
-        port = _free_port()
+        port = free_port()
         cmd += [
             "--processes",
             str(processes),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from chaos.launcher import BrokerProcess
-from chaos.load.bench import locust_command, locust_env, stop_group
+from chaos.load.bench import free_port, locust_command, locust_env, stop_group
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
@@ -141,3 +142,69 @@ def test_users_deliver_everything_they_publish(broker: BrokerProcess, tmp_path: 
     # Its CSV too, except what came after its last once-a-second write (Locust writes no final row).
     rows = {(r["Type"], r["Name"]): r for r in csv.DictReader((tmp_path / "run_stats.csv").open())}
     assert 0 < int(rows[("fastport", "push")]["Request Count"]) <= push["count"]
+
+
+def test_master_and_separate_workers(broker: BrokerProcess, tmp_path: Path) -> None:
+    """``--master`` / ``--worker`` as on several machines: the workers get the ``--fp-*`` from the master."""
+    records, summary = tmp_path / "records.json", tmp_path / "summary.json"
+    port = free_port()
+    worker_cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(HERE / "locustfile_recording.py"),
+        "--worker",
+        "--master-host",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+    ]
+    workers = [
+        subprocess.Popen(
+            worker_cmd,
+            env=locust_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        master = run_locust(
+            HERE / "locustfile_recording.py",
+            broker.url,
+            users=10,
+            seconds=4,
+            extra=[
+                "--master",
+                "--expect-workers",
+                "2",
+                "--master-bind-host",
+                "127.0.0.1",
+                "--master-bind-port",
+                str(port),
+                "--fp-rate",
+                "20",
+                "--fp-subscribers-per-topic",
+                "3",
+                "--fp-payload-size",
+                "100",
+                "--test-records",
+                str(records),
+                "--fp-summary",
+                str(summary),
+            ],
+        )
+        for worker in workers:
+            worker.wait(timeout=30)  # the master's quit ends them
+    finally:
+        for worker in workers:
+            stop_group(worker)
+    assert master.returncode == 0, master.stdout[-4000:]
+    seen = judge(json.loads(records.read_text()))
+    assert {s.split("-sub")[1].split(".")[0] for s in seen["subscribers"]} == {"0", "1"}
+    assert json.loads(summary.read_text())["settings"]["payload_size"] == 100
+    run_ids = {s.split("-sub")[0] for s in seen["subscribers"]}
+    assert len(run_ids) == 1  # one run id, chosen by the master, on both workers
