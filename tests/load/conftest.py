@@ -57,6 +57,14 @@ def broker(start_broker: Callable[..., BrokerProcess]) -> BrokerProcess:
     return start_broker()
 
 
+def connects_in(line: str) -> int:
+    """Successful connects (requests - fails) in a ``fastport  connect`` row of Locust's console, else 0."""
+    fields = line.split()
+    if fields[:2] == ["fastport", "connect"] and len(fields) > 3 and fields[2].isdigit():
+        return int(fields[2]) - int(fields[3].split("(")[0])
+    return 0
+
+
 class Inbox:
     """Frames a gevent client received, with event-driven waits (gevent Event, timeout only on hangs)."""
 

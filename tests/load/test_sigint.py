@@ -16,7 +16,7 @@ import pytest
 
 from chaos.launcher import BrokerProcess
 from chaos.load.bench import locust_command, locust_env, stop_group
-from tests.load.conftest import HANG
+from tests.load.conftest import HANG, connects_in
 
 pytestmark = pytest.mark.integration
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "scenarios" / "load" / "locustfile.py"
@@ -25,14 +25,6 @@ LOCUSTFILE = Path(__file__).resolve().parents[2] / "scenarios" / "load" / "locus
 def _clients(broker: BrokerProcess) -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{broker.port}/healthz", timeout=HANG) as resp:
         return int(json.load(resp)["clients"])
-
-
-def _connects(line: str) -> int:
-    """The request count of a ``fastport  connect`` row of Locust's console stats, else 0."""
-    fields = line.split()
-    if fields[:2] == ["fastport", "connect"] and len(fields) > 2 and fields[2].isdigit():
-        return int(fields[2])
-    return 0
 
 
 @pytest.mark.parametrize("target", ["group", "master"])
@@ -55,7 +47,7 @@ def test_sigint_stops_master_and_workers(broker: BrokerProcess, target: str) -> 
     reader.start()
     try:
         # Locust's console stats (from the workers' reports) say when all ten users are connected.
-        while _connects(lines.get(timeout=60)) < 10:  # queue.Empty on a hang
+        while connects_in(lines.get(timeout=60)) < 10:  # queue.Empty on a hang
             pass
         tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
         assert len(tree) == 3, [p.cmdline() for p in tree]  # the master and its two workers

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import csv
 import json
+import queue
 import subprocess
 import sys
+import threading
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ import pytest
 
 from chaos.launcher import BrokerProcess
 from chaos.load.bench import free_port, locust_command, locust_env, stop_group
+from tests.load.conftest import connects_in
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
@@ -54,8 +58,8 @@ def run_locust(
     return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
 
 
-def judge(events: list[list[Any]]) -> dict[str, Any]:
-    """Every published message reached exactly its recipients, unchanged; returns what was seen."""
+def judge(events: list[list[Any]], since: float = 0.0) -> dict[str, Any]:
+    """Every message published (answered) from *since* on reached exactly its recipients, unchanged."""
     invoked: dict[str, tuple[str, int]] = {}
     recipients: dict[str, int] = {}
     topic_of_sub: dict[str, str] = {}
@@ -66,7 +70,7 @@ def judge(events: list[list[Any]]) -> dict[str, Any]:
         if kind == "publish_invoked":
             client, msg_id, topic, t, digest, length = args
             invoked[msg_id] = (topic, digest)
-        elif kind == "published":
+        elif kind == "published" and args[2] >= since:
             recipients[args[1]] = args[3]
         elif kind == "subscribed":
             topic_of_sub[args[0]] = args[1]
@@ -208,3 +212,67 @@ def test_master_and_separate_workers(broker: BrokerProcess, tmp_path: Path) -> N
     assert json.loads(summary.read_text())["settings"]["payload_size"] == 100
     run_ids = {s.split("-sub")[0] for s in seen["subscribers"]}
     assert len(run_ids) == 1  # one run id, chosen by the master, on both workers
+
+
+def test_users_reconnect_and_resubscribe_across_a_broker_restart(
+    start_broker: Callable[..., BrokerProcess], tmp_path: Path
+) -> None:
+    """SIGKILL the broker mid-run and start it again on its port: every user reconnects and goes on."""
+    first = start_broker()
+    records, summary = tmp_path / "records.json", tmp_path / "summary.json"
+    cmd = locust_command(
+        HERE / "locustfile_recording.py",
+        first.url,
+        users=6,
+        seconds=12,
+        extra=[
+            "--fp-rate",
+            "20",
+            "--fp-subscribers-per-topic",
+            "2",
+            "--test-records",
+            str(records),
+            "--fp-summary",
+            str(summary),
+        ],
+    )
+    proc = subprocess.Popen(
+        cmd,
+        env=locust_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    out: list[str] = []
+
+    def pump() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            out.append(line)
+            lines.put(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        while connects_in(lines.get(timeout=60)) < 6:  # Locust's console: all six connected
+            pass
+        first.kill()
+        start_broker(port=first.port)
+        while connects_in(lines.get(timeout=60)) < 12:  # and all six again
+            pass
+        proc.wait(timeout=60)
+        reader.join(timeout=5)
+    finally:
+        stop_group(proc)  # type: ignore[arg-type]
+    log = "".join(out)
+    assert proc.returncode == 1, log[-4000:]  # Locust's exit code on errors: the refused reconnects
+    assert "fastport drain: complete" in log, log[-4000:]
+    events = json.loads(records.read_text())
+    last_subscribed = max(e[3] for e in events if e[0] == "subscribed")
+    seen = judge(events, since=last_subscribed)  # the memory store forgot what was in flight at the kill
+    assert seen["published"] > 0
+    c = json.loads(summary.read_text())["counters"]
+    assert c["connects"] >= 12 and c["disconnects"] >= 6 and c["connect_failed"] > 0
+    assert c["published"] == c["sent"] and c["refused"] == c["corrupt"] == 0
