@@ -204,8 +204,14 @@ class Lab:
 
     # --- broker ----------------------------------------------------------------------------------
 
-    async def start_broker(self, port: int | None = None, name: str = "broker") -> BrokerUnderTest:
-        """Start (or restart, on the same port by default) the broker; raises LaunchError if it fails."""
+    async def start_broker(
+        self, port: int | None = None, name: str = "broker", ready_timeout: float | None = None
+    ) -> BrokerUnderTest:
+        """Start (or restart, on the same port by default) the broker; raises LaunchError if it fails.
+
+        *ready_timeout* (default the config's): how long a start that neither listens nor exits
+        may take before the lab calls it a hang and kills it.
+        """
         want = port if port is not None else (self.port or 0)
         b = BrokerUnderTest(
             self.config.broker_cmd,
@@ -215,7 +221,7 @@ class Lab:
             dsn=self.dsn,
             store=self.config.store,
             cwd=self.config.cwd,
-            ready_timeout=self.config.ready_timeout,
+            ready_timeout=ready_timeout or self.config.ready_timeout,
         )
         self.brokers.append(b)
         try:

@@ -21,6 +21,7 @@ from chaos.nemesis import Nemesis
 from chaos.workload import answers, publish_paced, published_ids, settle, wait_outcomes
 
 TOPIC = "fmea4.events"
+SQUATTED_START_S = 10.0  # twice PROTOCOL.md's 5 s: a start on a taken port still up by then hangs
 
 
 async def port_conflict(lab: Lab, nemesis: Nemesis) -> list[Verdict]:
@@ -39,7 +40,7 @@ async def port_conflict(lab: Lab, nemesis: Nemesis) -> list[Verdict]:
 
     async with nemesis.inject(PortSquat(port)):
         try:
-            await lab.start_broker(port=port)
+            await lab.start_broker(port=port, ready_timeout=SQUATTED_START_S)
         except LaunchError as exc:
             lab.notes["refused_start"] = str(exc).splitlines()[0]
     if lab.broker is None or not lab.broker.alive:

@@ -149,13 +149,13 @@ async def subscriber_faults(lab: Lab, nemesis: Nemesis) -> list[Verdict]:
     small = published_ids(
         await answers(await publish_paced(pub, TOPIC, load.per_phase, load.rate))
     )  # baseline
-    await settle(lab.history, everyone, small, timeout=30)
+    await settle(lab.history, everyone, small, timeout=15)
 
     for make, group in ((LinkReset, RESET), (LinkCut, CUT), (LinkBlackhole, BLACKHOLE)):
         small += await _burst_with(
             lab, nemesis, pub, [subs[n] for n in group], make, load.per_phase, load.rate
         )
-        await settle(lab.history, everyone, small, timeout=30)
+        await settle(lab.history, everyone, small, timeout=15)
 
     # The stall: the slow readers stop reading while large messages fill their sockets, and the
     # usual traffic goes on to everyone.
@@ -186,8 +186,8 @@ async def subscriber_faults(lab: Lab, nemesis: Nemesis) -> list[Verdict]:
     done = await answers(tasks)
     rec = await answers(await publish_paced(pub, TOPIC, max(20, load.per_phase // 3), load.rate))  # recovery
     small += [a.id for a in done if a.ok and not a.id.startswith(bulk.client_id)] + published_ids(rec)
-    await settle(lab.history, everyone, small, timeout=30)
-    await settle(lab.history, slow, big_ids, timeout=30)
+    await settle(lab.history, everyone, small, timeout=15)
+    await settle(lab.history, slow, big_ids, timeout=15)
     facts = Facts(lab.history)
     return [
         check_isolation(facts, factor=FACTOR, slack=SLACK),
