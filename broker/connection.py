@@ -107,6 +107,7 @@ class Connection(asyncio.Protocol):
         self.on_message: MessageHandler | None = None
         self.on_writable: Callable[[], None] | None = None  # called when a backed-up socket drains
         self.writable = True  # False while the transport's buffer is over the high-water mark
+        self.open = False  # ws.state is OPEN, kept as a plain attribute: it is read on every send
         self.shared_frames = not settings.compression  # text_frame() bytes may be written as they are
         self.lost: asyncio.Future[None] = listener.loop.create_future()  # gone, and no handler running
         self._transport_lost: asyncio.Future[None] = listener.loop.create_future()
@@ -141,10 +142,28 @@ class Connection(asyncio.Protocol):
         out = ws.data_to_send()
         if out:  # the protocol answered something itself (pong, close echo, EOF)
             self._push(out)
+            self.open = ws.state is OPEN  # a close frame came, or the protocol failed
         for event in events:
             if type(event) is Frame:
                 op = event.opcode
-                if op is TEXT or op is BINARY:
+                if op is TEXT and event.fin and self._busy is None and not self._failed:
+                    # The usual frame, as _message() would handle it, without the call.
+                    handler = self.on_message
+                    if handler is None:
+                        continue
+                    try:
+                        text = event.data.decode()
+                    except UnicodeDecodeError as exc:
+                        self.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
+                        continue
+                    try:
+                        pending = handler(text)
+                    except Exception:  # the handler catches its own errors; never break the read callback
+                        log.exception("internal error handling a frame")
+                        continue
+                    if pending is not None:
+                        self._busy = self.listener.loop.create_task(self._work(pending))
+                elif op is TEXT or op is BINARY:
                     if event.fin:
                         self._message(event.data, op is TEXT)
                     else:
@@ -163,12 +182,14 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> None:
         self.ws.receive_eof()
+        self.open = False
         self._pull()
         self.flush()
         # Returning None closes the transport: a WebSocket never writes after the peer's EOF.
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ws.receive_eof()  # idempotent; makes the state CLOSED
+        self.open = False
         self.ws.data_to_send()
         self._out.clear()
         self.writable = False
@@ -221,7 +242,7 @@ class Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         if ws.state is OPEN:
-            self._opened = True
+            self._opened = self.open = True
             self._keepalive(first=True)
             self.app.connection_open(self)
         else:
@@ -325,7 +346,7 @@ class Connection(asyncio.Protocol):
         protocol wrote itself; with compression the protocol deflates it.
         Raises websockets' ``InvalidState`` once the connection is closing.
         """
-        if self.shared_frames and self.ws.state is OPEN:
+        if self.shared_frames and self.open:
             self._out.append(frame or text_frame(data))
             if not self._marked:
                 self._marked = True
@@ -379,6 +400,7 @@ class Connection(asyncio.Protocol):
         if ws.state is not OPEN:
             return
         ws.send_close(code, reason)
+        self.open = False
         self._pull()
         self._close_deadline()
 
@@ -387,6 +409,7 @@ class Connection(asyncio.Protocol):
         if self._failed or self.ws.state is CLOSED:
             return
         self._failed = True
+        self.open = False
         self.ws.fail(code, reason)
         self._pull()
         self.flush()

@@ -19,6 +19,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from websockets.http11 import Request, Response
@@ -186,7 +187,7 @@ class Broker:
         self.core.connect(client_id)
         self.timer.arm()
         event("connected", logging.DEBUG, client_id=client_id)
-        conn.on_message = lambda data: self.handle(s, data)
+        conn.on_message = partial(self.handle, s)
 
     def connection_closed(self, conn: Connection) -> None:
         s: Session = conn.context

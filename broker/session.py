@@ -14,15 +14,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from websockets.protocol import State
-
 from .auth import Rights
 from .connection import Connection
 
 SESSION_REPLACED = 4000  # close code: a newer connection took over this client_id
 SLOW_CONSUMER = 1013  # "try again later": the send queue overflowed
-
-OPEN = State.OPEN
 
 
 class Session:
@@ -56,14 +52,14 @@ class Session:
         if self.closed:
             return False
         conn = self.conn
-        if not self.queue and conn.writable and conn.ws.state is OPEN:
+        if not self.queue and conn.writable and conn.open:
             try:
                 conn.send_text(data, frame)
             except Exception:  # a broken connection fails only itself
                 self.fail(1011, "write failed")
                 return False
             return True
-        if conn.ws.state is not OPEN:
+        if not conn.open:
             self.closed = True  # closing: nothing more goes out
             self.queue.clear()
             return False
