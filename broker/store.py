@@ -34,7 +34,7 @@ class StoredMessage:
     publisher: str  # client_id of the publisher
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # plain, like StoredMessage: the memory store builds one per recipient per message
 class StoredDelivery:
     """One (message, recipient) obligation that is not acked yet."""
 
