@@ -29,7 +29,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from websockets.exceptions import ConnectionClosed
 from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
@@ -510,4 +509,4 @@ class Listener:
             await asyncio.wait([c.lost for c in self.connections])
 
 
-__all__ = ["Application", "Connection", "ConnectionClosed", "Listener", "Settings", "text_frame"]
+__all__ = ["Application", "Connection", "Listener", "Settings", "text_frame"]
