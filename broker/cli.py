@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
         return int(exc.code or 0)
     logs.setup(cfg.log_format, cfg.log_level)
-    from .server import run  # after logging is set up; keeps --help fast
+    from .process import run  # after logging is set up; keeps --help fast
 
     try:
         loop_factory = event_loop_factory(cfg.loop)

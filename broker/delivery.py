@@ -310,10 +310,13 @@ class DeliveryCore:
             first = INF
             pending, is_online = self.pending, self.online
             deliveries = msg.deliveries
+            # policy.delay(1, rng) for each recipient, unrolled (a fan-out of 100 calls it 100 times).
+            policy, draw = self.policy, self.rng.random
+            floor, spread = policy.minimum, min(policy.cap, policy.initial) - policy.minimum
             for cid in recipients:
                 if cid in is_online:
                     # Each delivery gets its own jitter so retries of a burst spread out.
-                    due = now + self.policy.delay(1, self.rng)
+                    due = now + (floor + draw() * spread)
                     d = Delivery(msg, cid, 1, due)
                     if due < first:
                         first = due

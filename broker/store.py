@@ -22,7 +22,10 @@ class StoreError(Exception):
     """Storage is unavailable or refused a batch; the caller may retry later."""
 
 
-@dataclass(frozen=True, slots=True)
+# StoredMessage, SaveMessage and SaveAck are built on the delivery hot path (one per publish or ack),
+# so they are plain slotted records: a frozen __init__ costs about 4x as much (see frames.py).
+# Treat every record here as immutable all the same.
+@dataclass(slots=True)
 class StoredMessage:
     id: str
     topic: str
@@ -31,7 +34,7 @@ class StoredMessage:
     publisher: str  # client_id of the publisher
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # plain, like StoredMessage: the memory store builds one per recipient per message
 class StoredDelivery:
     """One (message, recipient) obligation that is not acked yet."""
 
@@ -44,7 +47,7 @@ class StoredDelivery:
 # --- operations -----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SaveMessage:
     """Store a message and one pending delivery per recipient (insert, ignore conflicts)."""
 
@@ -52,7 +55,7 @@ class SaveMessage:
     recipients: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SaveAck:
     """Delivery done: remove it; remove the message once no delivery of it is left."""
 

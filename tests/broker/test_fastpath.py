@@ -16,12 +16,14 @@ from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
+from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from broker import frames as F
 from broker.cli import event_loop_factory
 from broker.config import Config
-from broker.server import Broker, text_header
+from broker.connection import text_frame
+from broker.server import Broker
 
 from .harness import HANG, BrokerProcess, Client, run_async
 from .test_inprocess import running, url
@@ -34,9 +36,11 @@ json_values = st.recursive(
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
-def test_text_header_is_what_websockets_would_write(size: int) -> None:
+def test_a_shared_frame_is_what_the_protocol_would_write(size: int) -> None:
     data = b"x" * size
-    assert text_header(size) + data == Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[])
+    proto = ServerProtocol(state=State.OPEN)
+    proto.send_text(data)
+    assert text_frame(data) == b"".join(proto.data_to_send())
 
 
 @given(json_values)
