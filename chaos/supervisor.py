@@ -405,12 +405,14 @@ class Child:
         self.signal(signal.SIGCONT)
 
     def exited(self, timeout: float | None = None) -> bool:
-        """Wait up to *timeout* for the exit (no signal sent); True once it has exited."""
+        """Wait up to *timeout* for the exit (no signal sent); True once it has exited, with all of
+        its output read."""
         if self._proc is None:
             return True
         done = self._exited.wait(timeout)
         if done:
             _LIVE.discard(self)
+            self._join_pipes()
         return done
 
     def wait(self, timeout: float | None = 15.0) -> int | None:

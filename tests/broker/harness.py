@@ -1,6 +1,6 @@
 """A small reusable harness for broker tests: launch it as a real process, talk to it as a client.
 
-``BrokerProcess`` runs ``python -m broker --port 0 ...``, waits for the
+``RunningBroker`` runs ``python -m broker --port 0 ...``, waits for the
 listening line (never a sleep), keeps stderr for diagnostics and always kills
 the process on exit. ``Client`` wraps ``websockets.asyncio.client.connect``
 with helpers that wait for a frame of a given type with a hang-only timeout.
@@ -13,7 +13,6 @@ import contextlib
 import functools
 import itertools
 import json
-import os
 import signal
 import sys
 import urllib.parse
@@ -22,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
+
+from chaos.launcher import listening_line
+from chaos.supervisor import Child, ChildStartError
 
 ROOT = Path(__file__).resolve().parents[2]
 HANG = 10.0  # seconds; only fires when something hangs
@@ -47,56 +49,54 @@ def run_async(
     return deco
 
 
-class BrokerProcess:
+class RunningBroker:
+    """``python -m broker`` as a supervised child (``chaos.supervisor.Child``): its listening line
+    awaited, its output kept, killed with the test (and with pytest, however pytest ends)."""
+
     def __init__(self, *args: str, python: str = sys.executable) -> None:
         self.argv = [python, "-m", "broker", "--host", "127.0.0.1", *args]
         if "--port" not in args:
             self.argv += ["--port", "0"]
-        self.proc: asyncio.subprocess.Process | None = None
+        self.child: Child | None = None
         self.port: int | None = None
-        self.stderr_lines: list[str] = []
-        self.stdout_lines: list[str] = []
-        self._readers: list[asyncio.Task[None]] = []
+
+    @property
+    def stderr_lines(self) -> list[str]:
+        return [] if self.child is None else list(self.child.stderr_lines)
+
+    @property
+    def stdout_lines(self) -> list[str]:
+        return [] if self.child is None else list(self.child.stdout_lines)
 
     @property
     def stderr(self) -> str:
-        return "".join(self.stderr_lines)
+        return "".join(line + "\n" for line in self.stderr_lines)
 
-    async def _pump(self, stream: asyncio.StreamReader, sink: list[str]) -> None:
-        while line := await stream.readline():
-            sink.append(line.decode(errors="replace"))
+    @property
+    def pid(self) -> int | None:
+        return None if self.child is None else self.child.pid
 
-    async def start(self, timeout: float = 20.0) -> BrokerProcess:
+    async def start(self, timeout: float = 20.0) -> RunningBroker:
         """Start and wait for the listening line; raise with the broker's stderr if it exits first."""
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.argv,
-            cwd=ROOT,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        self.child = Child(
+            self.argv,
+            name="broker",
+            cwd=str(ROOT),
+            env={"PYTHONUNBUFFERED": "1"},
+            ready=listening_line,
+            ready_timeout=timeout,
         )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._readers.append(asyncio.create_task(self._pump(self.proc.stderr, self.stderr_lines)))
         try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    line = await self.proc.stdout.readline()
-                    if not line:
-                        await self.proc.wait()
-                        raise RuntimeError(f"broker exited with {self.proc.returncode}: {self.stderr}")
-                    self.stdout_lines.append(line.decode())
-                    with contextlib.suppress(ValueError):
-                        doc = json.loads(line)
-                        if isinstance(doc, dict) and doc.get("event") == "listening":
-                            self.port = int(doc["port"])
-                            break
-        except BaseException:
-            await self.kill()
-            raise
-        self._readers.append(asyncio.create_task(self._pump(self.proc.stdout, self.stdout_lines)))
+            await asyncio.to_thread(self.child.start)
+        except ChildStartError as exc:
+            raise RuntimeError(f"broker exited with {exc.failure.exit_code}: {self.stderr}") from None
+        self.port = int(self.child.ready["port"])
         return self
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Send *sig* to the broker's process group (SIGKILL, SIGSTOP, SIGCONT...)."""
+        assert self.child is not None
+        self.child.signal(sig)
 
     def url(self, client_id: str | None = None, token: str | None = None, path: str = "/") -> str:
         query = {k: v for k, v in (("client_id", client_id), ("token", token)) if v is not None}
@@ -108,33 +108,23 @@ class BrokerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def wait(self, timeout: float = HANG) -> int:
-        assert self.proc is not None
-        async with asyncio.timeout(timeout):
-            rc = await self.proc.wait()
-        for t in self._readers:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                async with asyncio.timeout(2):
-                    await t
+        assert self.child is not None
+        if not await asyncio.to_thread(self.child.exited, timeout):
+            raise TimeoutError(f"broker {self.pid} did not exit within {timeout}s")
+        rc = self.child.returncode
+        assert rc is not None
         return rc
 
     async def terminate(self, timeout: float = HANG) -> int:
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
+        assert self.child is not None
+        self.child.signal(signal.SIGTERM)
         return await self.wait(timeout)
 
     async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.proc.wait(), 5)
-        for t in self._readers:
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        if self.child is not None:
+            await asyncio.to_thread(self.child.kill)
 
-    async def __aenter__(self) -> BrokerProcess:
+    async def __aenter__(self) -> RunningBroker:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:

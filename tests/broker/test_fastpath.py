@@ -25,7 +25,7 @@ from broker.config import Config
 from broker.connection import text_frame
 from broker.server import Broker
 
-from .harness import HANG, BrokerProcess, Client, run_async
+from .harness import HANG, Client, RunningBroker, run_async
 from .test_inprocess import running, url
 
 json_values = st.recursive(
@@ -119,7 +119,7 @@ async def test_broker_round_trip_on_each_loop(loop: str) -> None:
     if loop == "uvloop":
         pytest.importorskip("uvloop")
     async with (
-        BrokerProcess("--loop", loop, "--log-level", "info") as bp,
+        RunningBroker("--loop", loop, "--log-level", "info") as bp,
         await Client.connect(bp.url("s")) as s,
         await Client.connect(bp.url("p")) as p,
     ):

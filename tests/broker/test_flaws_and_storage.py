@@ -15,7 +15,7 @@ import urllib.parse
 
 import pytest
 
-from .harness import BrokerProcess, Client, HangProxy, run_async
+from .harness import Client, HangProxy, RunningBroker, run_async
 from .test_integration import aget, metric, wait_metric
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ def upstream(dsn: str) -> tuple[str, int]:
 
 async def publish_then_kill(dsn: str) -> None:
     """Publish m1, m2 to subscriber 's'; 's' acks m1 only; wait until storage has it all; SIGKILL."""
-    b = await BrokerProcess("--store", "postgres", "--dsn", dsn).start()
+    b = await RunningBroker("--store", "postgres", "--dsn", dsn).start()
     try:
         async with await Client.connect(b.url("pub")) as pub, await Client.connect(b.url("s")) as s:
             await s.subscribe("orders")
@@ -49,8 +49,7 @@ async def publish_then_kill(dsn: str) -> None:
             await s.ack("m1")
             await s.roundtrip()
             await wait_metric(b, "persistence_backlog", 0)
-        assert b.proc is not None
-        b.proc.send_signal(signal.SIGKILL)
+        b.signal(signal.SIGKILL)
         assert await b.wait() == -signal.SIGKILL
     finally:
         await b.kill()
@@ -59,7 +58,7 @@ async def publish_then_kill(dsn: str) -> None:
 @run_async(90)
 async def test_hydration_after_sigkill_redelivers_unacked_only(pg_dsn: str) -> None:
     await publish_then_kill(pg_dsn)
-    async with BrokerProcess("--store", "postgres", "--dsn", pg_dsn) as b:
+    async with RunningBroker("--store", "postgres", "--dsn", pg_dsn) as b:
         _, _, text = await aget(b.http + "/metrics")
         assert metric(text, "hydrated_deliveries") == 1 and metric(text, "subscriptions") == 1
         async with await Client.connect(b.url("s")) as s, await Client.connect(b.url("pub")) as pub:
@@ -81,7 +80,7 @@ async def test_hydration_after_sigkill_redelivers_unacked_only(pg_dsn: str) -> N
 @run_async(90)
 async def test_no_hydrate_flaw_loses_persisted_deliveries(pg_dsn: str) -> None:
     await publish_then_kill(pg_dsn)
-    async with BrokerProcess("--store", "postgres", "--dsn", pg_dsn, "--flaw", "no-hydrate") as b:
+    async with RunningBroker("--store", "postgres", "--dsn", pg_dsn, "--flaw", "no-hydrate") as b:
         _, _, text = await aget(b.http + "/metrics")
         assert metric(text, "hydrated_deliveries") == 0 and metric(text, "subscriptions") == 0
         assert json.loads((await aget(b.http + "/healthz"))[2])["flaws"] == ["no-hydrate"]
@@ -95,9 +94,9 @@ async def test_no_hydrate_flaw_loses_persisted_deliveries(pg_dsn: str) -> None:
 # --- FMEA 1: storage slow or down -------------------------------------------------------------
 
 
-async def hung_db_broker(pg_dsn: str, proxy: HangProxy, *extra: str) -> BrokerProcess:
+async def hung_db_broker(pg_dsn: str, proxy: HangProxy, *extra: str) -> RunningBroker:
     assert proxy.port is not None
-    return await BrokerProcess(
+    return await RunningBroker(
         "--store", "postgres", "--dsn", via(pg_dsn, proxy.port), "--db-timeout", "1", *extra
     ).start()
 
@@ -201,7 +200,7 @@ async def fanout_with_failing_first_subscriber(*flaw: str) -> list[list[str]]:
     When the broker handles the publish, a's connection is already closing, so a
     send to it raises. Returns the message ids that b, c and d received.
     """
-    async with BrokerProcess("--retry-initial", "30", "--retry-min", "20", *flaw) as b:
+    async with RunningBroker("--retry-initial", "30", "--retry-min", "20", *flaw) as b:
         a = await Client.connect(b.url("a"))
         others = [await Client.connect(b.url(n)) for n in ("b", "c", "d")]
         try:
@@ -230,7 +229,7 @@ async def fanout_with_failing_first_subscriber(*flaw: str) -> list[list[str]]:
 @run_async(90)
 async def test_failing_subscriber_does_not_stop_fanout() -> None:
     # without the flaw: every other subscriber gets m1 at once
-    async with BrokerProcess() as b:
+    async with RunningBroker() as b:
         a = await Client.connect(b.url("a"))
         others = [await Client.connect(b.url(n)) for n in ("b", "c", "d")]
         try:

@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from .harness import ROOT, BrokerProcess, Client, run_async
+from .harness import ROOT, Client, RunningBroker, run_async
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ def metric(text: str, name: str) -> float:
     raise AssertionError(f"metric {name} not exposed")
 
 
-async def wait_metric(b: BrokerProcess, name: str, value: float, timeout: float = 10) -> None:
+async def wait_metric(b: RunningBroker, name: str, value: float, timeout: float = 10) -> None:
     async with asyncio.timeout(timeout):
         # The broker's state is only observable by asking; poll its endpoint until it holds.
         while metric((await aget(b.http + "/metrics"))[2], name) != value:  # noqa: ASYNC110
@@ -50,7 +50,7 @@ async def wait_metric(b: BrokerProcess, name: str, value: float, timeout: float 
 @run_async(60)
 async def test_every_frame_round_trip() -> None:
     async with (
-        BrokerProcess() as b,
+        RunningBroker() as b,
         await Client.connect(b.url("pub")) as pub,
         await Client.connect(b.url("sub")) as sub,
     ):
@@ -83,7 +83,7 @@ async def test_every_frame_round_trip() -> None:
 
 @run_async(60)
 async def test_errors_keep_the_connection_usable_except_too_large() -> None:
-    async with BrokerProcess("--max-frame", "2048") as b, await Client.connect(b.url("c")) as c:
+    async with RunningBroker("--max-frame", "2048") as b, await Client.connect(b.url("c")) as c:
         cases = [
             ("not json", "bad_request"),
             ("[1]", "bad_request"),
@@ -119,7 +119,7 @@ async def test_errors_keep_the_connection_usable_except_too_large() -> None:
 
 @run_async(60)
 async def test_far_oversized_frame_is_closed_1009() -> None:
-    async with BrokerProcess("--max-frame", "1024") as b, await Client.connect(b.url("c")) as c:
+    async with RunningBroker("--max-frame", "1024") as b, await Client.connect(b.url("c")) as c:
         await c.send({"type": "publish", "topic": "t", "payload": "x" * 200_000})
         await asyncio.wait_for(c.ws.wait_closed(), 10)
         assert c.ws.close_code == 1009
@@ -130,7 +130,7 @@ async def test_far_oversized_frame_is_closed_1009() -> None:
 @run_async(60)
 async def test_redelivery_after_reconnect_keeps_client_id() -> None:
     async with (
-        BrokerProcess("--retry-initial", "30", "--retry-min", "20") as b,
+        RunningBroker("--retry-initial", "30", "--retry-min", "20") as b,
         await Client.connect(b.url("pub")) as pub,
     ):
         sub = await Client.connect(b.url("alice"))
@@ -162,7 +162,7 @@ async def test_redelivery_after_reconnect_keeps_client_id() -> None:
 @run_async(60)
 async def test_retries_while_connected_then_dead_letter() -> None:
     args = ("--retry-initial", "0.4", "--retry-min", "0.1", "--retry-max", "0.5", "--max-attempts", "3")
-    async with BrokerProcess(*args) as b, await Client.connect(b.url("s")) as s:
+    async with RunningBroker(*args) as b, await Client.connect(b.url("s")) as s:
         await s.subscribe("t")
         await s.publish("t", 1, id="m1")
         for n in (1, 2, 3):
@@ -179,7 +179,7 @@ async def test_retries_while_connected_then_dead_letter() -> None:
 @run_async(60)
 async def test_dedup_by_publish_id() -> None:
     async with (
-        BrokerProcess() as b,
+        RunningBroker() as b,
         await Client.connect(b.url("p")) as p,
         await Client.connect(b.url("s")) as s,
     ):
@@ -217,7 +217,7 @@ def write_auth(tmp_path: Path) -> str:
 
 @run_async(60)
 async def test_auth_401_rights_and_binding(tmp_path: Path) -> None:
-    async with BrokerProcess("--auth", write_auth(tmp_path)) as b:
+    async with RunningBroker("--auth", write_auth(tmp_path)) as b:
         for url in (b.url("x"), b.url("x", token="wrong")):
             with pytest.raises(InvalidStatus) as info:
                 await connect(url, open_timeout=10)
@@ -246,7 +246,7 @@ async def test_auth_401_rights_and_binding(tmp_path: Path) -> None:
 async def test_expired_token_gets_unauthorized_frames(tmp_path: Path) -> None:
     auth = write_auth(tmp_path)
     expires = json.loads(await asyncio.to_thread(Path(auth).read_text))["tokens"]["tok-soon"]["expires_at"]
-    async with BrokerProcess("--auth", auth) as b, await Client.connect(b.url("c", token="tok-soon")) as c:
+    async with RunningBroker("--auth", auth) as b, await Client.connect(b.url("c", token="tok-soon")) as c:
         await c.subscribe("t")
         await asyncio.sleep(max(0.0, expires - time.time() + 0.2))  # wait for the wall clock, not the broker
         await c.send({"type": "subscribe", "topic": "t", "ref": "late"})
@@ -259,7 +259,7 @@ async def test_expired_token_gets_unauthorized_frames(tmp_path: Path) -> None:
 
 @run_async(60)
 async def test_handshake_rejections_and_http_endpoints() -> None:
-    async with BrokerProcess() as b:
+    async with RunningBroker() as b:
         with pytest.raises(InvalidStatus) as info:
             await connect(b.url("bad/id"), open_timeout=10)
         assert info.value.response.status_code == 400
@@ -288,7 +288,7 @@ async def test_handshake_rejections_and_http_endpoints() -> None:
 
 @run_async(60)
 async def test_newer_connection_takes_over_the_client_id() -> None:
-    async with BrokerProcess() as b, await Client.connect(b.url("p")) as p:
+    async with RunningBroker() as b, await Client.connect(b.url("p")) as p:
         old = await Client.connect(b.url("same"))
         await old.subscribe("t")
         async with await Client.connect(b.url("same")) as new:
@@ -342,7 +342,7 @@ def test_bad_options_fail_clearly_as_a_process() -> None:
 
 @run_async(60)
 async def test_sigterm_closes_clients_1001_and_exits_zero_quickly() -> None:
-    async with BrokerProcess() as b:
+    async with RunningBroker() as b:
         c = await Client.connect(b.url("c"))
         await c.subscribe("t")
         await c.publish("t", 1, id="m1")
@@ -357,12 +357,11 @@ async def test_sigterm_closes_clients_1001_and_exits_zero_quickly() -> None:
 
 @run_async(60)
 async def test_sigkill_leaves_nothing_behind_and_port_is_reusable() -> None:
-    b = await BrokerProcess().start()
+    b = await RunningBroker().start()
     port = b.port
-    assert b.proc is not None
-    b.proc.send_signal(signal.SIGKILL)
+    b.signal(signal.SIGKILL)
     assert await b.wait() == -signal.SIGKILL
-    async with BrokerProcess("--port", str(port)) as again, await Client.connect(again.url("c")) as c:
+    async with RunningBroker("--port", str(port)) as again, await Client.connect(again.url("c")) as c:
         assert again.port == port
         await c.roundtrip()
 
@@ -370,7 +369,7 @@ async def test_sigkill_leaves_nothing_behind_and_port_is_reusable() -> None:
 @run_async(90)
 async def test_slow_consumer_is_closed_and_others_keep_flowing() -> None:
     async with (
-        BrokerProcess("--send-queue", "4", "--retry-initial", "30", "--retry-min", "20") as b,
+        RunningBroker("--send-queue", "4", "--retry-initial", "30", "--retry-min", "20") as b,
         await Client.connect(b.url("p")) as p,
         await Client.connect(b.url("fast")) as fast,
     ):
@@ -405,7 +404,7 @@ async def test_slow_consumer_is_closed_and_others_keep_flowing() -> None:
 
 @run_async(60)
 async def test_json_logs_are_one_object_per_line() -> None:
-    async with BrokerProcess("--log-format", "json", "--log-level", "debug") as b:
+    async with RunningBroker("--log-format", "json", "--log-level", "debug") as b:
         async with await Client.connect(b.url("c")) as c:
             await c.roundtrip()
         assert await b.terminate() == 0

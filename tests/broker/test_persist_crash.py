@@ -18,7 +18,7 @@ import pytest
 
 from broker.store_postgres import outstanding
 
-from .harness import BrokerProcess, Client, run_async
+from .harness import Client, RunningBroker, run_async
 
 ROUNDS = int(os.environ.get("FASTPORT_PERSIST_CRASH_ROUNDS", "3"))
 TOPIC = "crash.t"
@@ -32,7 +32,7 @@ async def _auto_ack(client: Client) -> None:
 
 async def _round(dsn: str, n: int, pause: bool) -> list[str]:
     ids = [f"r{n}-{i}" for i in range(3)]
-    broker = await BrokerProcess("--store", "postgres", "--dsn", dsn).start()
+    broker = await RunningBroker("--store", "postgres", "--dsn", dsn).start()
     clients: list[Client] = []
     acker: asyncio.Task[None] | None = None
     try:
@@ -43,18 +43,17 @@ async def _round(dsn: str, n: int, pause: bool) -> list[str]:
         await s1.subscribe(TOPIC)
         await s2.subscribe(TOPIC)
         acker = asyncio.create_task(_auto_ack(s1))
-        assert broker.proc is not None
         if pause:
-            broker.proc.send_signal(signal.SIGSTOP)
+            broker.signal(signal.SIGSTOP)
         try:
             for mid in ids:
                 await p.send({"type": "publish", "topic": TOPIC, "payload": {"id": mid}, "id": mid})
         finally:
             if pause:
-                broker.proc.send_signal(signal.SIGCONT)
+                broker.signal(signal.SIGCONT)
         for mid in ids:
             await p.expect("persisted", id=mid)
-        broker.proc.send_signal(signal.SIGKILL)
+        broker.signal(signal.SIGKILL)
         await broker.wait()
     finally:
         if acker is not None:

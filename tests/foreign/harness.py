@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import signal
@@ -22,6 +21,9 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from chaos.launcher import listening_line
+from chaos.supervisor import Child, ChildStartError
 
 ROOT = Path(__file__).resolve().parents[2]
 HANG = 10.0
@@ -38,16 +40,15 @@ def drive(coro: Coroutine[Any, Any, Any], timeout: float = 90.0) -> Any:
 
 
 class Foreign:
-    """``python -m tests.foreign`` as a real process in its own group; killed on exit whatever happens."""
+    """``python -m tests.foreign`` as a supervised child (``chaos.supervisor.Child``, its own process
+    group); killed on exit whatever happens, and with pytest however pytest ends."""
 
     def __init__(
         self, store: str = "memory", dsn: str | None = None, mutant: str | None = None, *extra: str
     ) -> None:
         self.store, self.dsn, self.mutant, self.extra = store, dsn, mutant, extra
         self.port = 0
-        self.proc: asyncio.subprocess.Process | None = None
-        self.stderr: list[str] = []
-        self._drain: asyncio.Task[None] | None = None
+        self.child: Child | None = None
 
     def argv(self, port: int) -> list[str]:
         argv = [sys.executable, "-m", "tests.foreign", "--host", "127.0.0.1", "--port", str(port)]
@@ -55,53 +56,47 @@ class Foreign:
         argv += [*(["--mutant", self.mutant] if self.mutant else []), "--log-level", "info", *self.extra]
         return argv
 
-    async def spawn(self, port: int | None = None) -> asyncio.subprocess.Process:
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.argv(self.port if port is None else port),
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-        self._drain = asyncio.create_task(self._collect(self.proc))
-        return self.proc
+    @property
+    def stderr(self) -> list[str]:
+        return [] if self.child is None else list(self.child.stderr_lines)
 
-    async def _collect(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stderr is not None
-        async for line in proc.stderr:
-            self.stderr.append(line.decode(errors="replace").rstrip())
+    async def spawn(self, port: int | None = None) -> Child:
+        """Start it without waiting for the listening line (a start expected to fail)."""
+        self.child = Child(self.argv(self.port if port is None else port), name="foreign", cwd=str(ROOT))
+        await asyncio.to_thread(self.child.start)
+        return self.child
+
+    async def exit_code(self, timeout: float) -> int | None:
+        """Its exit code once it exited by itself within *timeout*; None while it still runs."""
+        assert self.child is not None
+        return self.child.returncode if await asyncio.to_thread(self.child.exited, timeout) else None
 
     async def start(self) -> Foreign:
-        proc = await self.spawn()
-        assert proc.stdout is not None
+        self.child = Child(
+            self.argv(self.port), name="foreign", cwd=str(ROOT), ready=listening_line, ready_timeout=HANG
+        )
         try:
-            async with asyncio.timeout(HANG):
-                line = await proc.stdout.readline()
-        except TimeoutError:
-            raise AssertionError(f"no listening line; stderr: {self.stderr[-10:]}") from None
-        if not line:
-            await proc.wait()
-            raise AssertionError(f"broker exited {proc.returncode}; stderr: {self.stderr[-10:]}")
-        event = json.loads(line)
-        assert event["event"] == "listening" and event["pid"] == proc.pid, event
+            await asyncio.to_thread(self.child.start)
+        except ChildStartError as exc:
+            raise AssertionError(
+                f"no listening line ({exc.failure.reason}); stderr: {self.stderr[-10:]}"
+            ) from None
+        event = self.child.ready
+        assert event["event"] == "listening" and event["pid"] == self.child.pid, event
         self.port = event["port"]
         return self
 
-    def _signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-
     async def kill(self) -> None:
-        self._signal(signal.SIGKILL)
-        if self.proc is not None:
-            await self.proc.wait()
+        if self.child is not None:
+            await asyncio.to_thread(self.child.kill)
 
     async def terminate(self, timeout: float = 12.0) -> int:
-        self._signal(signal.SIGTERM)
-        assert self.proc is not None
-        async with asyncio.timeout(timeout):
-            return await self.proc.wait()
+        assert self.child is not None
+        self.child.signal(signal.SIGTERM)
+        code = await self.exit_code(timeout)
+        if code is None:
+            raise TimeoutError(f"the foreign broker did not exit within {timeout}s of SIGTERM")
+        return code
 
     async def restart(self) -> Foreign:
         await self.kill()
@@ -139,9 +134,6 @@ class Foreign:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.kill()
-        if self._drain is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._drain, 2.0)
 
 
 class Peer:
