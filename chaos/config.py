@@ -10,6 +10,8 @@ setting                  environment variable          default
 broker launch command    ``FASTPORT_LAB_BROKER_CMD``   the reference broker
 store                    ``FASTPORT_LAB_STORE``        ``postgres``
 intensity                ``FASTPORT_LAB_INTENSITY``    ``default``
+backend                  ``FASTPORT_LAB_BACKEND``      ``embedded`` (or ``docker``)
+broker image             ``FASTPORT_LAB_BROKER_IMAGE`` none: the broker runs on the host
 run folder               ``FASTPORT_LAB_RUN_DIR``      a fresh temp dir
 =======================  ============================  ==========================
 
@@ -31,6 +33,7 @@ from pathlib import Path
 from chaos.launcher import STORES, render_command
 
 INTENSITIES = ("smoke", "default", "heavy")
+BACKENDS = ("embedded", "docker")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ ENV_BROKER_CMD = "FASTPORT_LAB_BROKER_CMD"
 ENV_STORE = "FASTPORT_LAB_STORE"
 ENV_RUN_DIR = "FASTPORT_LAB_RUN_DIR"
 ENV_INTENSITY = "FASTPORT_LAB_INTENSITY"
+ENV_BACKEND = "FASTPORT_LAB_BACKEND"
+ENV_BROKER_IMAGE = "FASTPORT_LAB_BROKER_IMAGE"
 REFERENCE_BROKER_CMD = (
     shlex.join([sys.executable, "-m", "broker"]) + " --host {host} --port {port} --store {store} --dsn {dsn}"
 )
@@ -92,12 +97,18 @@ class LabConfig:
     broker_cmd: str = REFERENCE_BROKER_CMD
     store: str = "postgres"
     intensity: str = "default"
+    backend: str = "embedded"  # where PostgreSQL and the fault proxy run: embedded, or docker containers
+    broker_image: str | None = None  # run the broker as a container of this image (docker backend)
     ready_timeout: float = 30.0  # a broker that neither listens nor exits by then is a hang
     cwd: str = str(ROOT)  # `python -m broker` resolves from the checkout
 
     def __post_init__(self) -> None:
         if self.store not in STORES:
             raise LabConfigError(f"store must be one of {', '.join(STORES)}, got {self.store!r}")
+        if self.backend not in BACKENDS:
+            raise LabConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.broker_image and self.backend != "docker":
+            raise LabConfigError("--broker-image needs --backend docker (a container engine)")
         if self.intensity not in INTENSITIES:
             raise LabConfigError(
                 f"intensity must be one of {', '.join(INTENSITIES)}, got {self.intensity!r}"
@@ -119,13 +130,21 @@ class LabConfig:
         store: str | None = None,
         env: Mapping[str, str] | None = None,
         intensity: str | None = None,
+        backend: str | None = None,
+        broker_image: str | None = None,
     ) -> LabConfig:
         """Explicit values win, then the ``FASTPORT_LAB_*`` environment variables, then the defaults."""
         env = os.environ if env is None else env
         cmd = (broker_cmd or env.get(ENV_BROKER_CMD) or "").strip() or REFERENCE_BROKER_CMD
         st = (store or env.get(ENV_STORE) or "").strip() or "postgres"
         it = (intensity or env.get(ENV_INTENSITY) or "").strip() or "default"
-        return cls(broker_cmd=cmd, store=st, intensity=it)
+        image = (broker_image or env.get(ENV_BROKER_IMAGE) or "").strip() or None
+        be = (backend or env.get(ENV_BACKEND) or "").strip() or ("docker" if image else "embedded")
+        if image and not (broker_cmd or env.get(ENV_BROKER_CMD) or "").strip():
+            from chaos.containers.broker import CONTAINER_REFERENCE_BROKER_CMD
+
+            cmd = CONTAINER_REFERENCE_BROKER_CMD  # the reference broker as the image runs it
+        return cls(broker_cmd=cmd, store=st, intensity=it, backend=be, broker_image=image)
 
     @property
     def is_reference(self) -> bool:

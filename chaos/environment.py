@@ -54,15 +54,27 @@ class LabSession:
         self.keep_runs = keep_runs  # keep the folders of passing runs too (the user chose the run dir)
         self._server = owned_server
         self.started_pids: set[int] = set()  # every broker the labs of this session started
+        self.backend: Any = None  # the DockerBackend when PostgreSQL and the proxy are containers
 
     @classmethod
-    def open(cls, run_dir: Path | None = None, keep_runs: bool | None = None) -> LabSession:
+    def open(
+        cls,
+        run_dir: Path | None = None,
+        keep_runs: bool | None = None,
+        *,
+        backend: str = "embedded",
+        broker_image: str | None = None,
+    ) -> LabSession:
         """Start PostgreSQL and the fault proxy; *run_dir* defaults to :func:`run_root`.
 
         Folders of passing runs are removed unless *keep_runs* (default: a run dir was given).
+        *backend* ``docker`` runs both as containers (docs/containers.md), and brokers too when a
+        *broker_image* is given.
         """
         if keep_runs is None:
             keep_runs = run_dir is not None or bool(os.environ.get(ENV_RUN_DIR, "").strip())
+        if backend == "docker":
+            return cls._open_docker(run_dir or run_root(), keep_runs, broker_image)
         pg = postgres_from_env()
         pg.__enter__()
         server = None
@@ -83,17 +95,40 @@ class LabSession:
             pg.close()
             raise
 
+    @classmethod
+    def _open_docker(cls, run_dir: Path, keep_runs: bool, broker_image: str | None) -> LabSession:
+        from chaos.containers import DockerBackend
+
+        kwargs = {"broker_image": broker_image} if broker_image else {}
+        backend = DockerBackend.from_env(**kwargs)
+        try:
+            pg = backend.postgres()
+            pg.__enter__()
+            proxy = backend.fault_proxy().start()
+        except BaseException:
+            backend.close()
+            raise
+        session = cls(pg, proxy.url, run_dir, proxy, keep_runs)
+        session.backend = backend
+        return session
+
     @property
     def pg_pids(self) -> list[int]:
         return self.pg.processes() if isinstance(self.pg, EmbeddedPostgres) else []
 
     def close(self) -> None:
         try:
+            if self.backend is not None:
+                with contextlib.suppress(Exception):  # the logs are a courtesy: never fail the close
+                    self.backend.save_logs(self.run_dir / "containers")
             if self._server is not None:
                 self._server.stop()
                 self._server = None
         finally:
             self.pg.close()
+            if self.backend is not None:
+                self.backend.close()
+                self.backend = None
             if not self.keep_runs:  # leave nothing behind but the folders of failed runs
                 for d in (self.run_dir, self.run_dir.parent):
                     if d.name.startswith(("fastport-lab-", "gw")):
@@ -213,16 +248,30 @@ class Lab:
         may take before the lab calls it a hang and kills it.
         """
         want = port if port is not None else (self.port or 0)
-        b = BrokerUnderTest(
-            self.config.broker_cmd,
-            history=self.history,
-            name=name,
-            port=want,
-            dsn=self.dsn,
-            store=self.config.store,
-            cwd=self.config.cwd,
-            ready_timeout=ready_timeout or self.config.ready_timeout,
-        )
+        if self.config.broker_image:  # the broker as a container: same surface, same history events
+            if self.session.backend is None:
+                raise RuntimeError("a broker image needs a lab session opened with backend='docker'")
+            b = self.session.backend.broker(
+                self.config.broker_cmd,
+                image=None if self.config.broker_image == "local" else self.config.broker_image,
+                history=self.history,
+                name=name,
+                port=want,
+                dsn=self.dsn,
+                store=self.config.store,
+                ready_timeout=ready_timeout or self.config.ready_timeout,
+            )
+        else:
+            b = BrokerUnderTest(
+                self.config.broker_cmd,
+                history=self.history,
+                name=name,
+                port=want,
+                dsn=self.dsn,
+                store=self.config.store,
+                cwd=self.config.cwd,
+                ready_timeout=ready_timeout or self.config.ready_timeout,
+            )
         self.brokers.append(b)
         try:
             await asyncio.to_thread(b.start)

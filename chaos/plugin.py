@@ -9,6 +9,8 @@ option                   environment variable          meaning
                                                        ``{host} {port} {dsn} {store}``
 ``--store S``            ``FASTPORT_LAB_STORE``        ``memory`` or ``postgres`` (default)
 ``--intensity I``        ``FASTPORT_LAB_INTENSITY``    ``smoke``, ``default`` or ``heavy``
+``--backend B``          ``FASTPORT_LAB_BACKEND``      ``embedded`` (default) or ``docker``
+``--broker-image IMG``   ``FASTPORT_LAB_BROKER_IMAGE`` the broker as a container of IMG
 ``--run-dir DIR``        ``FASTPORT_LAB_RUN_DIR``      where each scenario's folder goes
 ``--schedule JSON``      ``FASTPORT_LAB_SCHEDULE``     replay one generated fault schedule
 =======================  ============================  =====================================
@@ -51,7 +53,7 @@ import pytest_asyncio
 
 from chaos.checkers.facts import Facts
 from chaos.checkers.verdict import Verdict
-from chaos.config import ENV_RUN_DIR, INTENSITIES, LabConfig, LabConfigError, run_root
+from chaos.config import BACKENDS, ENV_RUN_DIR, INTENSITIES, LabConfig, LabConfigError, run_root
 from chaos.environment import Lab, LabSession
 from chaos.history import History
 from chaos.nemesis import Nemesis
@@ -74,6 +76,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--broker-cmd", default=None, help="launch command of the broker under test")
     group.addoption("--store", default=None, choices=("memory", "postgres"), help="broker store")
     group.addoption("--intensity", default=None, choices=INTENSITIES, help="workload size (default: default)")
+    group.addoption(
+        "--backend", default=None, choices=BACKENDS, help="embedded (default) or docker containers"
+    )
+    group.addoption("--broker-image", default=None, help="run the broker as a container of this image")
     group.addoption("--run-dir", default=None, help="folder for run histories and verdicts")
     group.addoption("--schedule", default=None, help="JSON fault schedule to replay (test_schedules)")
 
@@ -114,13 +120,15 @@ def lab_config(request: pytest.FixtureRequest) -> LabConfig:
             request.config.getoption("--broker-cmd"),
             request.config.getoption("--store"),
             intensity=request.config.getoption("--intensity"),
+            backend=request.config.getoption("--backend"),
+            broker_image=request.config.getoption("--broker-image"),
         )
     except LabConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
 
 
 @pytest.fixture(scope="session")
-def lab_session(request: pytest.FixtureRequest) -> Iterator[LabSession]:
+def lab_session(request: pytest.FixtureRequest, lab_config: LabConfig) -> Iterator[LabSession]:
     given = request.config.getoption("--run-dir") or os.environ.get(ENV_RUN_DIR)
     root = run_root({ENV_RUN_DIR: given} if given else {})
     worker = os.environ.get("PYTEST_XDIST_WORKER")
@@ -132,7 +140,9 @@ def lab_session(request: pytest.FixtureRequest) -> Iterator[LabSession]:
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     except ValueError:  # not the main thread: leave signals alone
         previous = None
-    session = LabSession.open(run_dir, keep_runs=bool(given))
+    session = LabSession.open(
+        run_dir, keep_runs=bool(given), backend=lab_config.backend, broker_image=lab_config.broker_image
+    )
     pg_pids = session.pg_pids
     try:
         yield session

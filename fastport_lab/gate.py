@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from chaos.config import INTENSITIES, LabConfig, LabConfigError
+from chaos.config import BACKENDS, INTENSITIES, LabConfig, LabConfigError
 from fastport_lab.suite_runner import (
     DEFAULT_SUITES,
     DEFAULT_TIMEOUT,
@@ -67,6 +67,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--broker-cmd", default=None, help="launch command of the broker under test")
     p.add_argument("--store", choices=("memory", "postgres"), default=None, help="broker store")
     p.add_argument("--intensity", choices=INTENSITIES, default=None, help="workload size (default: default)")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="embedded (default) or docker containers")
+    p.add_argument("--broker-image", default=None, help="run the broker as a container of this image")
     p.add_argument(
         "--suite", action="append", metavar="PATH",
         help="pytest path(s) or module(s) to run (default: the built-in suites, --pyargs scenarios)",
@@ -132,7 +134,13 @@ def execute(
     (the suites could not run, Ctrl-C) becomes the run's environment error.
     """
     try:
-        lab = LabConfig.resolve(args.broker_cmd, args.store, intensity=args.intensity)
+        lab = LabConfig.resolve(
+            args.broker_cmd,
+            args.store,
+            intensity=args.intensity,
+            backend=getattr(args, "backend", None),
+            broker_image=getattr(args, "broker_image", None),
+        )
     except LabConfigError as exc:
         raise UsageError(str(exc)) from None
     recorder = RunRecorder(
@@ -154,6 +162,8 @@ def execute(
         timeout=args.timeout,
         log=log,
         intensity=args.intensity,
+        backend=getattr(args, "backend", None),
+        broker_image=getattr(args, "broker_image", None),
     )
     problem = None
     try:

@@ -24,7 +24,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from chaos.config import INTENSITIES
+from chaos.config import BACKENDS, INTENSITIES
 from chaos.progress import ENV as PROGRESS_ENV
 from chaos.progress import ProgressReader
 from chaos.suites import ALIASES, SUITES
@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broker-cmd", help="launch command of the broker under test (PROTOCOL.md section 4)")
     p.add_argument("--store", choices=("memory", "postgres"), help="broker store (default postgres)")
     p.add_argument("--intensity", choices=INTENSITIES, help="workload size: smoke, default, heavy")
+    p.add_argument("--backend", choices=BACKENDS, help="embedded (default) or docker: PostgreSQL and the "
+                   "fault proxy as containers")
+    p.add_argument("--broker-image", metavar="IMAGE", help="the broker as a container of IMAGE "
+                   "(docker backend; 'local' is the reference broker's image)")
     p.add_argument("--seed", type=int, help="seed for the generated fault schedules")
     p.add_argument("--out", metavar="DIR", help=f"where run folders go (default ./{DEFAULT_ROOT})")
     p.add_argument("-k", dest="select", metavar="EXPR",
@@ -146,6 +150,7 @@ def main(argv: Sequence[str] | None = None, *, runner: SuiteRunner | None = None
         gate_args = gate_parser().parse_args([])
         gate_args.broker_cmd, gate_args.store, gate_args.seed = args.broker_cmd, args.store, args.seed
         gate_args.intensity = args.intensity
+        gate_args.backend, gate_args.broker_image = args.backend, args.broker_image
         gate_args.pytest_args = list(args.pytest_arg)
         gate_args.runs_dir, gate_args.select, gate_args.config = args.out, args.select, args.config
         gate_args.suite = suite_paths(args.scenarios) or None

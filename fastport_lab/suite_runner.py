@@ -57,6 +57,8 @@ class SuiteRequest:
     timeout: float = DEFAULT_TIMEOUT
     log: Path | None = None  # pytest's own output goes here instead of the terminal (a live display owns it)
     intensity: str | None = None
+    backend: str | None = None
+    broker_image: str | None = None
     cwd: str | None = None  # where pytest runs (default: the current directory)
 
 
@@ -140,6 +142,10 @@ def pytest_command(request: SuiteRequest, scenario_dir: Path, junit: Path) -> li
         cmd += ["--store", request.store]
     if request.intensity:
         cmd += ["--intensity", request.intensity]
+    if request.backend:
+        cmd += ["--backend", request.backend]
+    if request.broker_image:
+        cmd += ["--broker-image", request.broker_image]
     if request.select:
         cmd += ["-k", request.select]
     return cmd + list(request.pytest_args)
