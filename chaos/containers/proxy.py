@@ -139,7 +139,8 @@ class ProxyContainer:
         try:
             container = self.backend.client.containers.run(
                 self.image,
-                command=["-host", self.host, "-port", str(port)],
+                # proxy metrics: the byte counters that show a fault met the broker's traffic
+                command=["-host", self.host, "-port", str(port), "-proxy-metrics"],
                 name=self.backend.resource_name(self.name),
                 labels=self.backend.labels("toxiproxy"),
                 network_mode="host",

@@ -1,0 +1,240 @@
+"""The soak: steady traffic through a long run of fault cycles drawn, with a seed, from the fault registry.
+
+A broker earns trust by surviving the same faults a hundred times under traffic,
+not once. A publisher publishes without pause; durable subscribers take every
+ack mode (``always``, ``late``, and ``batch``: it acks everything it holds at the
+end of each cycle, so its deliveries stay outstanding across the cycle's fault);
+one subscriber's connection runs through a fault-proxy link, one reads through a
+small buffer it can stop reading. Each cycle draws a fault (SIGKILL and restart,
+SIGSTOP/SIGCONT, storage down, hung or slow, PostgreSQL stopped and started, the
+linked subscriber's link reset, the slow reader stalled under large messages),
+holds it while a number of messages is published, heals it, and waits until a
+marker message published afterwards reached every subscriber: the cycle's
+recovery. Then it samples the broker's memory (RSS, ``/proc``).
+
+Judged over the whole run: at-least-once; hydration after every kill; nothing
+acked came back (resurrection); availability during storage faults and isolation
+during subscriber faults; integrity; recovery after each fault; the memory bound
+(``chaos.checkers.memory``); and, for the reference broker, no zombie rows left in
+its store. ``lab.notes["cycles"]`` has one row per cycle for the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chaos.checkers import (
+    Facts,
+    check_at_least_once,
+    check_availability,
+    check_hydration,
+    check_integrity,
+    check_isolation,
+    check_no_zombies,
+    check_recovery,
+    check_resurrection,
+)
+from chaos.checkers.hydration import HYDRATION, NO_ZOMBIE
+from chaos.checkers.memory import check_memory_bound
+from chaos.checkers.resurrection import NAME as RESURRECTION
+from chaos.checkers.verdict import Verdict, not_applicable
+from chaos.clients import HangError, PublishAnswer, Publisher, Subscriber, wait_for
+from chaos.environment import Lab
+from chaos.faults import REGISTRY, Fault, FaultUnsupported, LinkReset, SubscriberSlow
+from chaos.nemesis import Nemesis
+from chaos.workload import incompressible, publish_paced, published_ids, settle
+
+TOPIC = "soak.events"
+BIG_TOPIC = "soak.bulk"  # large messages to the slow reader only, while it is stalled
+RATE = 150.0  # publishes per second of the steady traffic
+RECOVERY_TIMEOUT = 20.0  # a cycle whose marker has not reached everyone by then did not recover
+# How often each fault is drawn (the registry names them; only the durable-store ones need postgres).
+MENU: dict[str, int] = {
+    "broker-kill": 4,
+    "broker-pause": 2,
+    "storage-down": 2,
+    "storage-hang": 2,
+    "storage-latency": 2,
+    "postgres-stop": 1,
+    "link-reset": 2,
+    "subscriber-slow": 1,
+}
+
+
+@dataclass(frozen=True)
+class SoakPlan:
+    cycles: int = 100
+    seed: int = 1
+    per_cycle: int = 60  # messages published while each fault holds
+    big_messages: int = 70  # 64 KiB, towards the stalled reader (more than its socket buffers hold)
+    draws: tuple[str, ...] | None = None  # replay these faults instead of drawing (a failing soak's list)
+
+    def faults(self, durable: bool, restartable_pg: bool) -> list[str]:
+        """The seeded draw, one fault name per cycle: every fault of the menu once (in a seeded order),
+        then weighted draws."""
+        if self.draws is not None:
+            return list(self.draws)
+        menu = {
+            name: weight
+            for name, weight in MENU.items()
+            if (durable or "durable" not in REGISTRY.get(name).needs)
+            and (restartable_pg or "restartable-postgres" not in REGISTRY.get(name).needs)
+        }
+        rng = random.Random(self.seed)
+        names = list(menu)
+        first = rng.sample(names, k=len(names))
+        rest = rng.choices(names, weights=[menu[n] for n in names], k=max(0, self.cycles - len(first)))
+        return (first + rest)[: self.cycles]
+
+
+def broker_rss(pid: int | None) -> int | None:
+    """The broker process's resident memory in bytes (its own, not its children's), or None."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class Traffic:
+    """The steady publisher: publishes at a rate until stopped, keeping every answer's task."""
+
+    def __init__(self, pub: Publisher, rate: float) -> None:
+        self.pub, self.rate = pub, rate
+        self.tasks: list[asyncio.Task[PublishAnswer]] = []
+        self._stop = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._runner = asyncio.create_task(self._run(), name="soak-traffic")
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            self.tasks += await publish_paced(
+                self.pub, TOPIC, max(1, int(self.rate // 10)), self.rate, timeout=60
+            )
+
+    async def stop(self) -> list[str]:
+        self._stop.set()
+        if self._runner is not None:
+            await self._runner
+        done = await asyncio.gather(*self.tasks)
+        return published_ids(done)
+
+
+def soak_scenario(plan: SoakPlan, on_cycle: Callable[[dict[str, Any]], None] | None = None):
+    """The scenario (``async (lab, nemesis) -> verdicts``) of a soak with *plan*; *on_cycle* gets each
+    cycle's row as it ends (for a live display)."""
+
+    async def soak(lab: Lab, nemesis: Nemesis) -> list[Verdict]:
+        durable = lab.config.durable
+        draws = plan.faults(durable, lab.session.pg.can_restart)
+        lab.notes["plan"] = {"cycles": plan.cycles, "seed": plan.seed, "faults": draws}
+        always = lab.subscriber("a-always", [TOPIC])
+        late = lab.subscriber("l-late", [TOPIC], ack="late", ack_delay=0.3)
+        batch = lab.subscriber("b-batch", [TOPIC], ack="never")
+        slow = lab.subscriber("s-slow", [TOPIC, BIG_TOPIC], rcvbuf=64 << 10)
+        linked = await lab.linked_subscriber("k-linked", [TOPIC])
+        subs = [always, late, batch, slow, linked]
+        pub, bulk = lab.publisher("p"), lab.publisher("bulk")
+        for c in (*subs, pub, bulk):
+            await c.start()
+        traffic = Traffic(pub, RATE)
+        traffic.start()
+        cycles: list[dict[str, Any]] = []
+        lab.notes["cycles"] = cycles
+        big_tasks: list[asyncio.Task[PublishAnswer]] = []
+        for n, name in enumerate(draws, 1):
+            fault = _bind(name, linked, slow)
+            row: dict[str, Any] = {"cycle": n, "fault": name}
+            seq = pub.seq
+            try:
+                async with nemesis.inject(fault) as f:
+                    if isinstance(f, SubscriberSlow):  # answers come later: a stalled broker may hold them
+                        big_tasks += await publish_paced(
+                            bulk, BIG_TOPIC, plan.big_messages, 60.0, lambda _i: incompressible(64 << 10), 60
+                        )
+                    await wait_for(
+                        lab.history, lambda s=seq: pub.seq - s >= plan.per_cycle, timeout=60,
+                        what=f"{plan.per_cycle} publishes during {name}",
+                    )  # fmt: skip
+            except FaultUnsupported as exc:
+                row["skipped"] = str(exc)
+                cycles.append(row)
+                continue
+            window = lab.history.fault_windows()[-1]
+            row["effective"] = window.effective
+            if fault.crash:  # the marker must find them subscribed again, or it proves nothing
+                with contextlib.suppress(HangError):
+                    for s in subs:
+                        await s.wait_subscribed(s.topics, timeout=RECOVERY_TIMEOUT)
+            marker = await pub.publish(TOPIC, {"marker": n}, timeout=60)
+            t0 = lab.history.now()
+            recovered = marker.ok and await _all_received(lab, subs, marker.id)
+            row["recovered"] = recovered
+            row["recovery_s"] = round(lab.history.now() - t0, 3) if recovered else None
+            await batch.ack_all()
+            rss = broker_rss(lab.broker.pid if lab.broker is not None else None)
+            row["rss_mb"] = None if rss is None else round(rss / (1 << 20), 2)
+            if rss is not None:
+                lab.history.append(
+                    "lab", "info", "rss", value={"cycle": n, "pid": lab.broker.pid, "rss_bytes": rss}
+                )
+            cycles.append(row)
+            if on_cycle is not None:
+                on_cycle(row)
+        ids = await traffic.stop()
+        big_ids = published_ids(await asyncio.gather(*big_tasks))
+        await settle(lab.history, subs, ids, timeout=30)
+        await settle(lab.history, [slow], big_ids, timeout=30)
+        await batch.ack_all()
+        facts = Facts(lab.history)
+        verdicts = [
+            check_at_least_once(facts),
+            check_hydration(facts) if durable else not_applicable(HYDRATION, "--store memory"),
+            check_resurrection(facts) if durable else not_applicable(RESURRECTION, "--store memory"),
+            check_availability(facts, factor=3.0, slack=0.2)
+            if durable
+            else not_applicable("availability-under-storage-faults", "--store memory"),
+            check_isolation(facts, factor=3.0, slack=0.5),
+            check_integrity(facts),
+            check_recovery(facts),
+            check_memory_bound(lab.history),
+        ]
+        listing, why = await lab.store_listing()
+        verdicts.append(
+            check_no_zombies(lab.history, listing) if listing is not None else not_applicable(NO_ZOMBIE, why)
+        )
+        return verdicts
+
+    return soak
+
+
+async def _all_received(lab: Lab, subs: list[Subscriber], msg_id: str) -> bool:
+    with contextlib.suppress(HangError):
+        await wait_for(
+            lab.history,
+            lambda: all(msg_id in s.received for s in subs),
+            timeout=RECOVERY_TIMEOUT,
+            what=f"the marker {msg_id} to reach every subscriber",
+        )
+        return True
+    return False
+
+
+def _bind(name: str, linked: Subscriber, slow: Subscriber) -> Fault:
+    if name == "link-reset":
+        return LinkReset(linked)
+    if name == "subscriber-slow":
+        return SubscriberSlow([slow])
+    return REGISTRY.create(name)
