@@ -547,6 +547,12 @@ class Subscriber(_Client):
         else:
             await super()._on_frame(frame)
 
+    @property
+    def acks_pending(self) -> int:
+        """Late acks whose delay still runs (one that fired is sent before its ``ack`` event is
+        recorded, so a wait on this re-checked after each event sees it go)."""
+        return len(self._late)
+
     def _late_ack(self, msg_id: str) -> None:
         self._late.pop(msg_id, None)
         task = asyncio.create_task(self.ack(msg_id))

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from chaos.clients import HangError, PublishAnswer, Publisher, Subscriber
+from chaos.clients import HangError, PublishAnswer, Publisher, Subscriber, wait_for
 from chaos.environment import Lab
 from chaos.history import History
 from chaos.probes import probe_healthz
@@ -112,3 +112,24 @@ async def wait_outcomes(lab: Lab, pub: Publisher, ids: Iterable[str], timeout: f
 
 def published_ids(results: Iterable[PublishAnswer]) -> list[str]:
     return [r.id for r in results if r.ok]
+
+
+BARRIER_TOPIC = "lab.barrier"
+FLUSH_TOPIC = "lab.flush"  # nobody subscribes: its `persisted` says the writes queued before it are done
+
+
+async def store_barrier(lab: Lab, subs: Iterable[Subscriber], pub: Publisher, timeout: float = 30.0) -> bool:
+    """Until the acks every subscriber sent reached the broker and the broker wrote what came before.
+
+    Each subscriber's late acks are waited for, then a subscribe on the same connection is
+    answered (so the broker has read the acks sent before it), then a message nobody subscribes to
+    is published and its ``persisted`` waited for: a broker that writes in order (the reference
+    one does) has then written the acks too. Only then is a store listing meaningful.
+    """
+    subs = list(subs)
+    await wait_for(lab.history, lambda: all(s.acks_pending == 0 for s in subs), timeout=timeout,
+                   what="the late acks to go out")  # fmt: skip
+    for s in subs:
+        await s.subscribe(BARRIER_TOPIC, timeout=timeout)
+    flush = await pub.publish(FLUSH_TOPIC, "flush", timeout=timeout)
+    return flush.ok and await wait_outcomes(lab, pub, [flush.id], timeout=timeout)

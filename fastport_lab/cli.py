@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("broker.cli:main", "run the reference FastPort broker"),
     "toxiproxy": ("chaos.toxiproxy.cli:main", "run the embedded Toxiproxy-compatible fault proxy"),
     "gate": ("fastport_lab.gate:main", "run the chaos suites and gate on their verdicts (exit 0/1/2/3)"),
+    "soak": ("fastport_lab.soak:main", "a hundred seeded fault cycles under steady traffic, judged"),
     "mutants": ("fastport_lab.mutants:main", "the lab's mutation matrix: its kill rate on a foreign broker"),
 }
 BENCHMARKS: dict[str, tuple[str, str]] = {

@@ -67,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--broker-cmd", default=None, help="launch command of the broker under test")
     p.add_argument("--store", choices=("memory", "postgres"), default=None, help="broker store")
     p.add_argument("--intensity", choices=INTENSITIES, default=None, help="workload size (default: default)")
-    p.add_argument("--backend", choices=BACKENDS, default=None, help="embedded (default) or docker containers")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="embedded (default) or docker")
     p.add_argument("--broker-image", default=None, help="run the broker as a container of this image")
     p.add_argument(
         "--suite", action="append", metavar="PATH",

@@ -48,7 +48,7 @@ from chaos.clients import HangError, PublishAnswer, Publisher, Subscriber, wait_
 from chaos.environment import Lab
 from chaos.faults import REGISTRY, Fault, FaultUnsupported, LinkReset, SubscriberSlow
 from chaos.nemesis import Nemesis
-from chaos.workload import incompressible, publish_paced, published_ids, settle
+from chaos.workload import incompressible, publish_paced, published_ids, settle, store_barrier
 
 TOPIC = "soak.events"
 BIG_TOPIC = "soak.bulk"  # large messages to the slow reader only, while it is stalled
@@ -74,6 +74,7 @@ class SoakPlan:
     per_cycle: int = 60  # messages published while each fault holds
     big_messages: int = 70  # 64 KiB, towards the stalled reader (more than its socket buffers hold)
     draws: tuple[str, ...] | None = None  # replay these faults instead of drawing (a failing soak's list)
+    duration: float | None = None  # seconds: no new cycle starts after this (a time budget)
 
     def faults(self, durable: bool, restartable_pg: bool) -> list[str]:
         """The seeded draw, one fault name per cycle: every fault of the menu once (in a seeded order),
@@ -155,6 +156,9 @@ def soak_scenario(plan: SoakPlan, on_cycle: Callable[[dict[str, Any]], None] | N
         lab.notes["cycles"] = cycles
         big_tasks: list[asyncio.Task[PublishAnswer]] = []
         for n, name in enumerate(draws, 1):
+            if plan.duration is not None and lab.history.now() - lab.history.start > plan.duration:
+                lab.notes["stopped_early"] = f"--duration {plan.duration:g}s reached after {n - 1} cycles"
+                break
             fault = _bind(name, linked, slow)
             row: dict[str, Any] = {"cycle": n, "fault": name}
             seq = pub.seq
@@ -212,6 +216,9 @@ def soak_scenario(plan: SoakPlan, on_cycle: Callable[[dict[str, Any]], None] | N
             check_memory_bound(lab.history),
         ]
         listing, why = await lab.store_listing()
+        if listing is not None:  # read it again once everything acked is surely written
+            await store_barrier(lab, subs, pub)
+            listing, why = await lab.store_listing()
         verdicts.append(
             check_no_zombies(lab.history, listing) if listing is not None else not_applicable(NO_ZOMBIE, why)
         )
