@@ -117,6 +117,17 @@ def _message_id(value: object, ref: Any) -> str:
 _PLAIN_ACK = re.compile(r'\{"type": ?"ack", ?"id": ?"([^"\\\x00-\x1f]{1,' + str(MAX_ID_LEN) + r'})"\}')
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # the only way JSON text spells a surrogate
+
+
+def _encodable(obj: Any) -> bool:
+    try:
+        _dumps(obj).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse(data: str | bytes, max_frame: int = DEFAULT_MAX_FRAME) -> ClientFrame:
     """Parse one client frame; raise :class:`FrameError` with the protocol's code."""
     if type(data) is str and len(data) * 4 <= max_frame and (m := _PLAIN_ACK.fullmatch(data)) is not None:
@@ -130,6 +141,9 @@ def parse(data: str | bytes, max_frame: int = DEFAULT_MAX_FRAME) -> ClientFrame:
         obj = _decode(data)
     except (ValueError, RecursionError) as exc:
         raise FrameError(BAD_REQUEST, f"not JSON: {exc}") from None
+    if _SURROGATE_ESCAPE.search(data) is not None and not _encodable(obj):
+        # json accepts a lone surrogate escape ("\\ud800"); no UTF-8 frame or store row can carry it.
+        raise FrameError(BAD_REQUEST, "a string holds a lone UTF-16 surrogate: not Unicode text")
     if not isinstance(obj, dict):
         raise FrameError(BAD_REQUEST, "a frame must be a JSON object")
     ref = obj.get("ref")
@@ -158,6 +172,7 @@ def parse(data: str | bytes, max_frame: int = DEFAULT_MAX_FRAME) -> ClientFrame:
 
 
 # --- encoding ---------------------------------------------------------------
+
 
 def _unserializable(obj: object) -> Any:
     raise TypeError(f"Object of type {obj.__class__.__name__} is not JSON serializable")

@@ -44,6 +44,10 @@ SUITES: dict[str, Suite] = {
             "flaws", "flaws", "scenarios.test_flaw_matrix", "each reference-broker flaw caught by its checker"
         ),
         Suite("schedules", "schedules", "scenarios.test_schedules", "Hypothesis-generated fault schedules"),
+        Suite(
+            "fuzz", "bad-input", "scenarios.test_fuzz", "generated frames each answered as PROTOCOL.md says"
+        ),
+        Suite("soak", "soak", "scenarios.test_soak", "steady traffic through seeded fault cycles"),
     )
 }
 ALIASES = {"fmea1": "storage", "fmea2": "subscribers", "fmea3": "crash", "fmea4": "port"}

@@ -46,12 +46,21 @@ def test_parses_every_client_frame() -> None:
         ('{"type":"publish","topic":"t","payload":1,"id":3}', F.BAD_REQUEST),
         ('{"type":"publish","topic":"t","payload":1,"id":"' + "i" * 129 + '"}', F.BAD_REQUEST),
         ('{"type":"publish","topic":"t","payload":NaN}', F.BAD_REQUEST),
+        # found by the protocol fuzzer: a lone surrogate parsed, then failed to encode (``internal``)
+        ('{"type":"publish","topic":"t","payload":"\\ud800"}', F.BAD_REQUEST),
+        ('{"type":"publish","topic":"t","payload":1,"id":"x\\uDFFF"}', F.BAD_REQUEST),
+        ('{"type":"ping","ref":["\\udc00"]}', F.BAD_REQUEST),
         ('{"type":"ack"}', F.BAD_REQUEST),
         ('{"type":"ack","id":null}', F.BAD_REQUEST),
     ],
 )
 def test_refusals_carry_the_protocol_code(data: str, code: str) -> None:
     assert err(data).code == code
+
+
+def test_a_surrogate_pair_and_an_escaped_backslash_are_text() -> None:
+    assert F.parse('{"type":"publish","topic":"t","payload":"\\ud83d\\ude00"}').payload == "\U0001f600"
+    assert F.parse('{"type":"ping","ref":"\\\\ud800"}').ref == "\\ud800"
 
 
 def test_ref_is_echoed_in_errors_when_the_object_parsed() -> None:

@@ -45,6 +45,11 @@ def test_frames_answers_and_errors() -> None:
                 '{"type": "publish", "topic": "t", "payload": 1, "id": 7}': "bad_request",
                 '{"type": "ack"}': "bad_request",
                 '{"type": "publish", "topic": "t", "payload": NaN}': "bad_request",
+                # found by scenarios/test_fuzz.py: deeper than json's recursion limit was ``internal``
+                '{"type": "publish", "topic": "t", "payload": '
+                + "[" * 5000
+                + "]" * 5000
+                + "}": "bad_request",
             }
             for n, (text, code) in enumerate([*bad.items(), (b"\x00binary", "bad_request")]):
                 await pub.ws.send(text)

@@ -56,7 +56,7 @@ def parse(raw: str | bytes, *, trusting: bool = False) -> Frame:
         raise Refused("bad_request", "binary frames are not accepted; send JSON text")
     try:
         data = json.loads(raw, parse_constant=_no_constants)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the decoder goes
         raise Refused("bad_request", f"not JSON: {exc}") from None
     if not trusting and not isinstance(data, dict):
         raise Refused("bad_request", f"a frame must be a JSON object, got {type(data).__name__}")
