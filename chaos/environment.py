@@ -34,6 +34,7 @@ from chaos.launcher import BrokerUnderTest
 from chaos.postgres import EmbeddedPostgres, PostgresServer, postgres_from_env
 from chaos.progress import ProgressWriter
 from chaos.progress import attach as attach_progress
+from chaos.supervisor import REAPER
 from chaos.toxiproxy.client import FaultProxy, NotFound, Proxy
 
 
@@ -55,6 +56,13 @@ class LabSession:
         self._server = owned_server
         self.started_pids: set[int] = set()  # every broker the labs of this session started
         self.backend: Any = None  # the DockerBackend when PostgreSQL and the proxy are containers
+        if not keep_runs:  # a killed lab leaves no empty run dir behind either (the reaper removes it)
+            for d in self._own_dirs():
+                REAPER.watch_dir(d, only_if_empty=True)
+
+    def _own_dirs(self) -> list[Path]:
+        """The run dir (and an xdist worker's parent) when the lab made them: temp dirs of its own."""
+        return [d for d in (self.run_dir, self.run_dir.parent) if d.name.startswith(("fastport-lab-", "gw"))]
 
     @classmethod
     def open(
@@ -130,10 +138,9 @@ class LabSession:
                 self.backend.close()
                 self.backend = None
             if not self.keep_runs:  # leave nothing behind but the folders of failed runs
-                for d in (self.run_dir, self.run_dir.parent):
-                    if d.name.startswith(("fastport-lab-", "gw")):
-                        with contextlib.suppress(OSError):
-                            d.rmdir()  # only when empty
+                for d in self._own_dirs():
+                    with contextlib.suppress(OSError):
+                        d.rmdir()  # only when empty
 
     def leaked_processes(self) -> list[int]:
         """Pids of brokers started in this session that are still alive (should be none)."""

@@ -31,12 +31,14 @@ import ctypes
 import os
 import queue
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,6 +160,16 @@ class Reaper:
     def forget(self, pgid: int) -> None:
         self._send(f"-{pgid}")
 
+    def watch_dir(self, path: Path, *, only_if_empty: bool = False) -> None:
+        """Remove *path* (a scratch directory) if this process dies before it does; with
+        *only_if_empty*, only if nothing was left in it (a run dir holding failed runs is kept)."""
+        if "\n" not in str(path):
+            self._send(f"{'?' if only_if_empty else '>'}{Path(path).resolve()}")
+
+    def forget_dir(self, path: Path) -> None:
+        if "\n" not in str(path):
+            self._send(f"<{Path(path).resolve()}")
+
     @property
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
@@ -176,6 +188,19 @@ class Reaper:
 
 
 REAPER = Reaper()
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str, dir: str | Path | None = None) -> Iterator[Path]:
+    """A temporary directory that goes away however the lab ends: on exit here, or by the reaper
+    when the lab is SIGKILLed (a ``TemporaryDirectory`` alone is left behind then)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
+    REAPER.watch_dir(path)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        REAPER.forget_dir(path)
 
 
 @dataclass

@@ -15,6 +15,7 @@ import asyncio
 from collections import Counter
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from chaos.checkers import Verdict, check_at_least_once, check_hydration, check_integrity
@@ -29,13 +30,16 @@ from chaos.postgres import PostgresEnvError
 TOPIC = "orders"
 
 
-async def _story(console: Console, session: LabSession, config: LabConfig, history: History,
-                 messages: int) -> None:
+async def _story(
+    console: Console, session: LabSession, config: LabConfig, history: History, messages: int
+) -> None:
     say = console.print
     async with Lab(session, config, name="demo", history=history) as lab:
         assert lab.broker is not None
-        say(f"[bold]1.[/] broker pid {lab.broker.pid} listening on {lab.url}; its storage goes "
-            "through the fault proxy")
+        say(
+            f"[bold]1.[/] broker pid {lab.broker.pid} listening on {lab.url}; its storage goes "
+            "through the fault proxy"
+        )
         alice = lab.subscriber("alice", [TOPIC])
         carol = lab.subscriber("carol", [TOPIC], ack="never")
         bob = lab.publisher("bob")
@@ -72,11 +76,14 @@ def _print_verdicts(console: Console, history: History, verdicts: list[Verdict])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fastport-lab demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--broker-cmd", default=None,
-                        help="launch command with {host} {port} {dsn} {store} "
-                        "(default: the reference broker)")
+    parser = argparse.ArgumentParser(
+        prog="fastport-lab demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--broker-cmd",
+        default=None,
+        help="launch command with {host} {port} {dsn} {store} (default: the reference broker)",
+    )
     parser.add_argument("--messages", type=int, default=5, help="messages to publish (default 5)")
     parser.add_argument("--history", metavar="FILE", help="write the recorded history as JSON lines")
     args = parser.parse_args(argv)
@@ -92,16 +99,17 @@ def main(argv: list[str] | None = None) -> int:
         session = LabSession.open()
         try:
             pg = session.pg
-            console.print(f"[bold]0.[/] PostgreSQL ready on {pg.host}:{pg.port}, fault proxy at "
-                          f"{session.toxiproxy_url}")
+            console.print(
+                f"[bold]0.[/] PostgreSQL ready on {pg.host}:{pg.port}, fault proxy at {session.toxiproxy_url}"
+            )
             asyncio.run(_story(console, session, config, history, args.messages))
         finally:
             session.close()
     except (PostgresEnvError, LaunchError) as exc:
-        console.print(f"[red]environment error:[/] {exc}")
+        console.print(f"[red]environment error:[/] {escape(str(exc))}")
         return 3
     except TimeoutError as exc:
-        console.print(f"[red]the broker did not deliver in time:[/] {exc}")
+        console.print(f"[red]the broker did not deliver in time:[/] {escape(str(exc))}")
     facts = Facts(history)
     verdicts = [check_at_least_once(facts), check_hydration(facts), check_integrity(facts)]
     if args.history:

@@ -28,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from chaos.config import BACKENDS, INTENSITIES, LabConfig, LabConfigError
+from fastport_lab.signals import interrupt_on_signals
 from fastport_lab.suite_runner import (
     DEFAULT_SUITES,
     DEFAULT_TIMEOUT,
@@ -70,7 +71,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default=None, help="embedded (default) or docker")
     p.add_argument("--broker-image", default=None, help="run the broker as a container of this image")
     p.add_argument(
-        "--suite", action="append", metavar="PATH",
+        "--suite",
+        action="append",
+        metavar="PATH",
         help="pytest path(s) or module(s) to run (default: the built-in suites, --pyargs scenarios)",
     )
     p.add_argument(
@@ -181,7 +184,11 @@ def execute(
 
 
 def main(argv: Sequence[str] | None = None, *, runner: SuiteRunner | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    with interrupt_on_signals():
+        return _main(list(sys.argv[1:] if argv is None else argv), runner)
+
+
+def _main(argv: list[str], runner: SuiteRunner | None) -> int:
     try:
         args = parser().parse_args(argv)
         config = gate_config(args)

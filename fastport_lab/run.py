@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -28,8 +28,10 @@ from chaos.config import BACKENDS, INTENSITIES
 from chaos.progress import ENV as PROGRESS_ENV
 from chaos.progress import ProgressReader
 from chaos.suites import ALIASES, SUITES
+from chaos.supervisor import scratch_dir
 from fastport_lab.gate import UsageError, execute, gate_config
 from fastport_lab.gate import parser as gate_parser
+from fastport_lab.signals import interrupt_on_signals
 from fastport_lab.suite_runner import SuiteRequest, SuiteRunner, pytest_runner
 from reports.build import RunReport
 from reports.judge import EXIT_ENV, GateConfigError
@@ -54,25 +56,42 @@ def suite_paths(names: Sequence[str]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastport-lab run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("scenarios", nargs="*", metavar="SCENARIO",
-                   help=f"suites to run (default all): {', '.join(SUITES)}; or pytest paths")
+    p = argparse.ArgumentParser(
+        prog="fastport-lab run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help=f"suites to run (default all): {', '.join(SUITES)}; or pytest paths",
+    )
     p.add_argument("--broker-cmd", help="launch command of the broker under test (PROTOCOL.md section 4)")
     p.add_argument("--store", choices=("memory", "postgres"), help="broker store (default postgres)")
     p.add_argument("--intensity", choices=INTENSITIES, help="workload size: smoke, default, heavy")
-    p.add_argument("--backend", choices=BACKENDS, help="embedded (default) or docker: PostgreSQL and the "
-                   "fault proxy as containers")
-    p.add_argument("--broker-image", metavar="IMAGE", help="the broker as a container of IMAGE "
-                   "(docker backend; 'local' is the reference broker's image)")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="embedded (default) or docker: PostgreSQL and the fault proxy as containers",
+    )
+    p.add_argument(
+        "--broker-image",
+        metavar="IMAGE",
+        help="the broker as a container of IMAGE (docker backend; 'local' is the reference broker's image)",
+    )
     p.add_argument("--seed", type=int, help="seed for the generated fault schedules")
     p.add_argument("--out", metavar="DIR", help=f"where run folders go (default ./{DEFAULT_ROOT})")
-    p.add_argument("-k", dest="select", metavar="EXPR",
-                   help="only scenarios matching this pytest -k expression")
+    p.add_argument(
+        "-k", dest="select", metavar="EXPR", help="only scenarios matching this pytest -k expression"
+    )
     p.add_argument("--config", metavar="TOML", help="gate thresholds (default gate.toml)")
     p.add_argument("--no-live", action="store_true", help="no live display (plain output, e.g. in CI logs)")
-    p.add_argument("--pytest-arg", action="append", default=[], metavar="ARG",
-                   help="one more argument for pytest (repeatable), e.g. --pytest-arg=-x")
+    p.add_argument(
+        "--pytest-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for pytest (repeatable), e.g. --pytest-arg=-x",
+    )
     return p
 
 
@@ -83,8 +102,14 @@ def _progress_table(reader: ProgressReader) -> Table:
     for p in reader.poll().values():
         style = STATUS_STYLE.get(p.status, "")
         phase = p.phase if p.status == "running" else p.status
-        table.add_row(p.scenario, Text(phase, style=style), ", ".join(p.faults) or "-",
-                      str(p.published), str(p.delivered), f"{p.elapsed:.1f}")
+        table.add_row(
+            p.scenario,
+            Text(phase, style=style),
+            ", ".join(p.faults) or "-",
+            str(p.published),
+            str(p.delivered),
+            f"{p.elapsed:.1f}",
+        )
     if not table.rows:
         table.add_row("starting the lab...", "", "", "", "", "")
     return table
@@ -94,14 +119,18 @@ def live_runner(console: Console, inner: SuiteRunner = pytest_runner) -> SuiteRu
     """Wrap *inner* so that the scenarios' progress is shown live while it runs."""
 
     def runner(request: SuiteRequest) -> None:
-        with tempfile.TemporaryDirectory(prefix="fastport-run-") as tmp:
-            progress = Path(tmp) / "progress.jsonl"
+        with scratch_dir("fastport-run-") as tmp:
+            progress = tmp / "progress.jsonl"
             reader = ProgressReader(progress)
             previous = os.environ.get(PROGRESS_ENV)
             os.environ[PROGRESS_ENV] = str(progress)  # the pytest child inherits it
             try:
-                with Live(get_renderable=lambda: _progress_table(reader), console=console,
-                          refresh_per_second=4, transient=False):
+                with Live(
+                    get_renderable=lambda: _progress_table(reader),
+                    console=console,
+                    refresh_per_second=4,
+                    transient=False,
+                ):
                     inner(request)
             finally:
                 if previous is None:
@@ -121,12 +150,15 @@ def summary(console: Console, report: RunReport) -> None:
     for s in report.results.get("scenarios", []):
         g = gate.get(s["name"], {})
         status = g.get("status", "?")
-        marks = " ".join(
-            f"[{STATUS_STYLE.get(v['status'], '')}]{v['name']}[/]" for v in s.get("verdicts", [])
+        marks = Text(" ").join(
+            Text(v["name"], style=STATUS_STYLE.get(v["status"], "")) for v in s.get("verdicts", [])
         )
         why = "; ".join(g.get("reasons", [])[:2]) or (s.get("error") or "")
-        table.add_row(s["name"], str(s.get("fmea") or ""), f"[{STATUS_STYLE.get(status, '')}]{status}[/]",
-                      marks, why)
+        # Text, not markup: names and reasons may hold brackets ("[1, 2]", a pytest node id).
+        table.add_row(
+            Text(s["name"]), str(s.get("fmea") or ""), Text(status, style=STATUS_STYLE.get(status, "")),
+            marks, Text(why),
+        )  # fmt: skip
     gate_result = report.results.get("gate", {})
     rate = gate_result.get("kill_rate")
     if rate:
@@ -135,15 +167,25 @@ def summary(console: Console, report: RunReport) -> None:
             f"seeded bugs caught: {rate['caught']} of {rate['seeded']} (kill rate {rate['rate']:.0%}){missed}"
         )
     status = gate_result.get("status", "?")
-    console.print(Group(table, Text(f"{status.upper()}: {gate_result.get('summary', '')}",
-                                    style=STATUS_STYLE.get(status, "bold"))))
+    console.print(
+        Group(
+            table,
+            Text(
+                f"{status.upper()}: {gate_result.get('summary', '')}", style=STATUS_STYLE.get(status, "bold")
+            ),
+        )
+    )
     console.print(f"report: {report.html}")
     if (report.run_dir / "pytest.log").exists():
         console.print(f"pytest output: {report.run_dir / 'pytest.log'}")
 
 
 def main(argv: Sequence[str] | None = None, *, runner: SuiteRunner | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    with interrupt_on_signals():
+        return _main(list(sys.argv[1:] if argv is None else argv), runner)
+
+
+def _main(argv: list[str], runner: SuiteRunner | None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
     try:
@@ -157,14 +199,19 @@ def main(argv: Sequence[str] | None = None, *, runner: SuiteRunner | None = None
         config = gate_config(gate_args)
         inner = runner or pytest_runner
         chosen = inner if args.no_live or not console.is_terminal else live_runner(console, inner)
-        with tempfile.TemporaryDirectory(prefix="fastport-run-log-") as tmp:
-            log = Path(tmp) / "pytest.log"
-            report = execute(gate_args, ["fastport-lab", "run", *argv], config, chosen,
-                             log=None if chosen is inner else log)
+        with scratch_dir("fastport-run-log-") as tmp:
+            log = tmp / "pytest.log"
+            report = execute(
+                gate_args,
+                ["fastport-lab", "run", *argv],
+                config,
+                chosen,
+                log=None if chosen is inner else log,
+            )
             if log.exists():
                 (report.run_dir / "pytest.log").write_bytes(log.read_bytes())
     except (UsageError, GateConfigError, RunFormatError, ValueError, OSError) as exc:
-        console.print(f"[red]fastport-lab run:[/] {exc}")
+        console.print(f"[red]fastport-lab run:[/] {escape(str(exc))}")
         return EXIT_ENV
     summary(console, report)
     return report.exit_code

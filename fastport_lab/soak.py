@@ -14,14 +14,13 @@ exit codes are the gate's: 0 pass, 1 violated, 2 unknown, 3 the lab could not ru
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from chaos.config import BACKENDS, LabConfig, LabConfigError
@@ -29,7 +28,9 @@ from chaos.environment import LabSession
 from chaos.postgres import PostgresEnvError
 from chaos.runner import run_scenario
 from chaos.suites.soak import SoakPlan, soak_scenario
+from chaos.supervisor import scratch_dir
 from fastport_lab.gate import CONFIG_NAME
+from fastport_lab.signals import interrupt_on_signals
 from reports.build import finish
 from reports.judge import EXIT_ENV, GateConfig, GateConfigError, load_config
 from reports.record import DEFAULT_ROOT, RunRecorder
@@ -79,7 +80,11 @@ def _table(cycles: list[dict[str, Any]]) -> Table:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    with interrupt_on_signals():
+        return _main(list(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
     if args.cycles < 1 or args.per_cycle < 1:
@@ -91,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         gate_config = _config(args.config)
     except (LabConfigError, GateConfigError) as exc:
-        console.print(f"[red]fastport-lab soak:[/] {exc}")
+        console.print(f"[red]fastport-lab soak:[/] {escape(str(exc))}")
         return EXIT_ENV
     plan = SoakPlan(cycles=args.cycles, seed=args.seed, per_cycle=args.per_cycle, duration=args.duration)
     recorder = RunRecorder(
@@ -111,11 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     problem = None
     result = None
-    scratch = Path(tempfile.mkdtemp(prefix="fastport-soak-"))  # the run folder gets the history itself
     try:
-        with LabSession.open(
-            scratch, keep_runs=False, backend=lab_config.backend, broker_image=lab_config.broker_image
-        ) as session:
+        with (
+            scratch_dir("fastport-soak-") as scratch,
+            LabSession.open(  # the run folder gets the history
+                scratch, keep_runs=False, backend=lab_config.backend, broker_image=lab_config.broker_image
+            ) as session,
+        ):
             name = f"soak {plan.cycles} cycles seed {plan.seed}"
             result = run_scenario(
                 soak_scenario(plan, on_cycle), session, lab_config, name=name,
@@ -126,14 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         problem = f"the lab could not start: {exc}"
     except KeyboardInterrupt:
         problem = "interrupted (Ctrl-C, SIGTERM) before the soak finished"
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     report = finish(recorder, gate_config, environment_error=problem)
     if result is not None:
         console.print(_table(result.notes.get("cycles", [])))
         for v in result.verdicts:
             colour = {"pass": "green", "fail": "red"}.get(v.status, "yellow")
-            console.print(f"[{colour}]{v.status.upper():7}[/] {v.name}: {v.summary}")
+            console.print(f"[{colour}]{v.status.upper():7}[/] {escape(v.name)}: {escape(v.summary)}")
         console.print(f"took {result.duration:.0f}s")
     gate = report.results.get("gate", {})
     console.print(f"{gate.get('status', '?').upper()}: {gate.get('summary', '')}")

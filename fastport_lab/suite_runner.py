@@ -23,7 +23,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.history import History, HistoryFormatError
-from chaos.supervisor import Child
+from chaos.supervisor import Child, scratch_dir
 from reports.record import RunRecorder
 
 DEFAULT_SUITES = ("scenarios",)  # a package name: run with --pyargs
@@ -152,16 +151,23 @@ def pytest_command(request: SuiteRequest, scenario_dir: Path, junit: Path) -> li
 
 
 def _stop(child: Child, sig: signal.Signals, grace: float = 15.0) -> None:
-    """Signal the child's whole process group, give it *grace* seconds to tear down, then kill it."""
+    """Signal the child's whole process group, give it *grace* seconds to tear down, then kill it.
+
+    A second Ctrl-C (or SIGTERM) while it tears down cuts the grace short.
+    """
     child.signal(sig)
-    if not child.exited(grace):
-        child.kill()
+    try:
+        if child.exited(grace):
+            return
+    except KeyboardInterrupt:
+        pass
+    child.kill()
 
 
 def pytest_runner(request: SuiteRequest) -> None:
     """Run the suites with pytest in a child process group, then record what each scenario wrote."""
-    with tempfile.TemporaryDirectory(prefix="fastport-gate-") as tmp:
-        scenario_dir, junit = Path(tmp) / "scenarios", Path(tmp) / "pytest.xml"
+    with scratch_dir("fastport-gate-") as tmp:
+        scenario_dir, junit = tmp / "scenarios", tmp / "pytest.xml"
         scenario_dir.mkdir()
         cmd = pytest_command(request, scenario_dir, junit)
         # An outer pytest's worker id must not leak into the suites.
