@@ -37,7 +37,7 @@ from pathlib import Path
 import psutil
 
 from chaos.bench.workload import Workload
-from chaos.launcher import BrokerProcess, launch
+from chaos.launcher import BrokerUnderTest, launch
 
 LOCUSTFILE = Path(__file__).with_name("bench_locustfile.py")
 _ROOT = Path(__file__).resolve().parents[2]  # the tree holding the chaos package
@@ -80,7 +80,7 @@ def _server_command(target: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def _server(target: str) -> Iterator[BrokerProcess]:
+def _server(target: str) -> Iterator[BrokerUnderTest]:
     proc = launch(_server_command(target), store="memory", name=target)
     try:
         yield proc

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from chaos.launcher import BrokerProcess, launch
+from chaos.launcher import BrokerUnderTest, launch
 
 HANG = 15.0  # seconds; only fires when something hangs
 
@@ -38,11 +38,11 @@ def broker_command(*extra: str) -> list[str]:
 
 
 @pytest.fixture
-def start_broker() -> Iterator[Callable[..., BrokerProcess]]:
+def start_broker() -> Iterator[Callable[..., BrokerUnderTest]]:
     """Start brokers (extra CLI args, optional fixed port for a restart); all are reaped after the test."""
-    started: list[BrokerProcess] = []
+    started: list[BrokerUnderTest] = []
 
-    def start(*extra: str, port: int = 0) -> BrokerProcess:
+    def start(*extra: str, port: int = 0) -> BrokerUnderTest:
         proc = launch(broker_command(*extra), port=port, store="memory")
         started.append(proc)
         return proc
@@ -53,7 +53,7 @@ def start_broker() -> Iterator[Callable[..., BrokerProcess]]:
 
 
 @pytest.fixture
-def broker(start_broker: Callable[..., BrokerProcess]) -> BrokerProcess:
+def broker(start_broker: Callable[..., BrokerUnderTest]) -> BrokerUnderTest:
     return start_broker()
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos.launcher import BrokerProcess
+from chaos.launcher import BrokerUnderTest
 from chaos.load.bench import locust_env
 from chaos.load.client import ClientClosed, CloseInfo, FastPortClient, client_url
 from tests.load.conftest import HANG, Inbox
@@ -24,7 +24,7 @@ def test_client_url_keeps_query_and_rejects_other_schemes() -> None:
         client_url("http://h:1/", "c1")
 
 
-def test_publish_deliver_ack_and_replay_of_the_unacked(broker: BrokerProcess) -> None:
+def test_publish_deliver_ack_and_replay_of_the_unacked(broker: BrokerUnderTest) -> None:
     inbox, replies = Inbox(), Inbox()
     sub = FastPortClient(broker.url, "sub-1", on_frame=inbox).start()
     pub = FastPortClient(broker.url, "pub-1", on_frame=replies).start()
@@ -57,7 +57,7 @@ def test_publish_deliver_ack_and_replay_of_the_unacked(broker: BrokerProcess) ->
         pub.close()
 
 
-def test_unsubscribe_and_ping(broker: BrokerProcess) -> None:
+def test_unsubscribe_and_ping(broker: BrokerUnderTest) -> None:
     replies = Inbox()
     client = FastPortClient(broker.url, "c-1", on_frame=replies).start()
     try:
@@ -73,7 +73,7 @@ def test_unsubscribe_and_ping(broker: BrokerProcess) -> None:
         client.close()
 
 
-def test_abort_reconnects_and_resubscribes(broker: BrokerProcess) -> None:
+def test_abort_reconnects_and_resubscribes(broker: BrokerUnderTest) -> None:
     inbox, closes = Inbox(), []
     opens: list[int] = []
     sub = FastPortClient(broker.url, "sub-a", on_frame=inbox, on_open=opens.append, on_close=closes.append)
@@ -94,7 +94,7 @@ def test_abort_reconnects_and_resubscribes(broker: BrokerProcess) -> None:
     assert closes[-1] == CloseInfo("close", 1000, "")
 
 
-def test_reconnect_with_backoff_across_a_broker_restart(start_broker: Callable[..., BrokerProcess]) -> None:
+def test_reconnect_with_backoff_across_a_broker_restart(start_broker: Callable[..., BrokerUnderTest]) -> None:
     first = start_broker()
     port = first.port
     failed, inbox = Inbox(), Inbox()
@@ -126,7 +126,7 @@ def test_reconnect_with_backoff_across_a_broker_restart(start_broker: Callable[.
 
 
 def test_auth_refusal_is_final_and_a_token_is_sent_as_bearer(
-    start_broker: Callable[..., BrokerProcess], tmp_path: Path
+    start_broker: Callable[..., BrokerUnderTest], tmp_path: Path
 ) -> None:
     tokens = tmp_path / "tokens.json"
     tokens.write_text(json.dumps({"tokens": {"s3cret": {}}}))
@@ -142,7 +142,7 @@ def test_auth_refusal_is_final_and_a_token_is_sent_as_bearer(
         ok.close()
 
 
-def test_client_works_under_gevent_monkey_patching(broker: BrokerProcess) -> None:
+def test_client_works_under_gevent_monkey_patching(broker: BrokerUnderTest) -> None:
     """The same client in a process that ran ``monkey.patch_all()`` first, as Locust does."""
     out = subprocess.run(
         [sys.executable, "-m", "tests.load.patched_client_check", broker.url],

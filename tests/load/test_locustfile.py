@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from chaos.launcher import BrokerProcess
+from chaos.launcher import BrokerUnderTest
 from tests.load.test_users import run_locust
 
 pytestmark = pytest.mark.integration
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "scenarios" / "load" / "locustfile.py"
 
 
-def test_headless_run_against_a_running_broker(broker: BrokerProcess, tmp_path: Path) -> None:
+def test_headless_run_against_a_running_broker(broker: BrokerUnderTest, tmp_path: Path) -> None:
     summary = tmp_path / "summary.json"
     host = broker.url.replace("ws://", "http://")  # Locust users type http://; it is mapped to ws://
     result = run_locust(
@@ -40,7 +40,7 @@ def test_headless_run_against_a_running_broker(broker: BrokerProcess, tmp_path: 
     assert "fastport push" in result.stdout  # the exact percentiles are logged at the end
 
 
-def test_bad_option_fails_clearly(broker: BrokerProcess) -> None:
+def test_bad_option_fails_clearly(broker: BrokerUnderTest) -> None:
     result = run_locust(LOCUSTFILE, broker.url, users=1, seconds=1, extra=["--fp-ack-mix", "sometimes=1"])
     assert result.returncode == 2
     assert "unknown ack mode 'sometimes'" in result.stdout

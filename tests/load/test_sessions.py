@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from chaos.launcher import BrokerProcess
+from chaos.launcher import BrokerUnderTest
 from chaos.load.client import FastPortClient
 from chaos.load.recorder import MemoryRecorder
 from chaos.load.sessions import PublisherSession, Sink, SubscriberSession
@@ -19,7 +19,7 @@ def _sink() -> Sink:
     return Sink(recorder=MemoryRecorder())
 
 
-def test_publishes_made_while_offline_are_sent_after_the_reconnect(broker: BrokerProcess) -> None:
+def test_publishes_made_while_offline_are_sent_after_the_reconnect(broker: BrokerUnderTest) -> None:
     sink = _sink()
     sub = SubscriberSession(broker.url, "s-1", ["t"], sink)
     pub = PublisherSession(broker.url, "p-1", sink, window=1000)
@@ -46,7 +46,7 @@ def test_publishes_made_while_offline_are_sent_after_the_reconnect(broker: Broke
         sub.close()
 
 
-def test_ack_modes(broker: BrokerProcess) -> None:
+def test_ack_modes(broker: BrokerUnderTest) -> None:
     sink = _sink()
     subs = {
         mode: SubscriberSession(broker.url, f"s-{mode}", ["t"], sink, ack_mode=mode, ack_delay=0.2)
@@ -81,7 +81,7 @@ def test_ack_modes(broker: BrokerProcess) -> None:
     assert again.stats.redelivered == 20 and again.stats.latency_ms("redelivery")["count"] == 20
 
 
-def test_corrupt_and_foreign_payloads_are_counted(broker: BrokerProcess) -> None:
+def test_corrupt_and_foreign_payloads_are_counted(broker: BrokerUnderTest) -> None:
     sink = _sink()
     sub = SubscriberSession(broker.url, "s-3", ["t"], sink)
     sub.start()

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from chaos.launcher import BrokerProcess
+from chaos.launcher import BrokerUnderTest
 from chaos.load.bench import locust_command, locust_env, stop_group
 from tests.load.conftest import HANG, connects_in
 
@@ -22,13 +22,13 @@ pytestmark = pytest.mark.integration
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "scenarios" / "load" / "locustfile.py"
 
 
-def _clients(broker: BrokerProcess) -> int:
+def _clients(broker: BrokerUnderTest) -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{broker.port}/healthz", timeout=HANG) as resp:
         return int(json.load(resp)["clients"])
 
 
 @pytest.mark.parametrize("target", ["group", "master"])
-def test_sigint_stops_master_and_workers(broker: BrokerProcess, target: str) -> None:
+def test_sigint_stops_master_and_workers(broker: BrokerUnderTest, target: str) -> None:
     """``group``: the terminal's Ctrl-C (every process of the group); ``master``: only the master's pid."""
     cmd = locust_command(
         LOCUSTFILE, broker.url, users=10, seconds=300, processes=2, extra=["--fp-rate", "20"]

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from chaos.launcher import BrokerProcess
+from chaos.launcher import BrokerUnderTest
 from chaos.load.bench import free_port, locust_command, locust_env, stop_group
 from tests.load.conftest import connects_in
 
@@ -92,7 +92,7 @@ def judge(events: list[list[Any]], since: float = 0.0) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("processes", [1, 2])
-def test_users_deliver_everything_they_publish(broker: BrokerProcess, tmp_path: Path, processes: int) -> None:
+def test_users_deliver_everything_they_publish(broker: BrokerUnderTest, tmp_path: Path, processes: int) -> None:
     records, summary = tmp_path / "records.json", tmp_path / "summary.json"
     result = run_locust(
         HERE / "locustfile_recording.py",
@@ -148,7 +148,7 @@ def test_users_deliver_everything_they_publish(broker: BrokerProcess, tmp_path: 
     assert 0 < int(rows[("fastport", "push")]["Request Count"]) <= push["count"]
 
 
-def test_master_and_separate_workers(broker: BrokerProcess, tmp_path: Path) -> None:
+def test_master_and_separate_workers(broker: BrokerUnderTest, tmp_path: Path) -> None:
     """``--master`` / ``--worker`` as on several machines: the workers get the ``--fp-*`` from the master."""
     records, summary = tmp_path / "records.json", tmp_path / "summary.json"
     port = free_port()
@@ -215,7 +215,7 @@ def test_master_and_separate_workers(broker: BrokerProcess, tmp_path: Path) -> N
 
 
 def test_users_reconnect_and_resubscribe_across_a_broker_restart(
-    start_broker: Callable[..., BrokerProcess], tmp_path: Path
+    start_broker: Callable[..., BrokerUnderTest], tmp_path: Path
 ) -> None:
     """SIGKILL the broker mid-run and start it again on its port: every user reconnects and goes on."""
     first = start_broker()
