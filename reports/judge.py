@@ -54,14 +54,40 @@ class Thresholds:
     max_startup_exit_s: float | None = 5.0
 
 
+PROCESS_FAULTS = ("broker-kill", "broker-pause")  # nothing is delivered while the broker is down
+
+
+@dataclass(frozen=True)
+class LoadThresholds:
+    """Budgets of a load run (``fastport-lab load``), per phase of its fault schedule.
+
+    Judged on the ``load-figures`` verdict's evidence: one row per phase (baseline,
+    each fault window, the gaps, recovery), messages counted in the phase they were
+    published in.
+    """
+
+    push_p99_ms: float | None = 2000.0  # every phase but the windows of process faults
+    max_error_ratio: float | None = 0.05  # (refused + persist_failed) / sent, per phase
+    min_deliveries_per_s: float | None = None  # in the baseline; machine-dependent, so off by default
+    phase_push_p99_ms: Mapping[str, float | None] = field(default_factory=dict)  # by phase kind or fault
+
+
 @dataclass(frozen=True)
 class GateConfig:
     unknown: str = "fail"  # "fail": exit 2 on an unknown verdict; "warn": report it and exit 0
     thresholds: Thresholds = field(default_factory=Thresholds)
     source: str = "<defaults>"
+    load: LoadThresholds = field(default_factory=LoadThresholds)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"unknown": self.unknown, "thresholds": asdict(self.thresholds), "source": self.source}
+        load = asdict(self.load)
+        load["phase_push_p99_ms"] = dict(self.load.phase_push_p99_ms)
+        return {
+            "unknown": self.unknown,
+            "thresholds": asdict(self.thresholds),
+            "load": load,
+            "source": self.source,
+        }
 
 
 def load_config(path: str | Path | None) -> GateConfig:
@@ -81,10 +107,10 @@ def load_config(path: str | Path | None) -> GateConfig:
 
 
 def config_from(data: Mapping[str, Any], source: str = "<dict>") -> GateConfig:
-    extra = set(data) - {"gate", "thresholds"}
+    extra = set(data) - {"gate", "thresholds", "load"}
     if extra:
         raise GateConfigError(
-            f"{source}: unknown section(s) {sorted(extra)}; expected [gate] and [thresholds]"
+            f"{source}: unknown section(s) {sorted(extra)}; expected [gate], [thresholds] and [load]"
         )
     gate = data.get("gate", {})
     if not isinstance(gate, Mapping) or set(gate) - {"unknown"}:
@@ -99,15 +125,38 @@ def config_from(data: Mapping[str, Any], source: str = "<dict>") -> GateConfig:
     bad = set(raw) - set(known)
     if bad:
         raise GateConfigError(f"{source}: unknown threshold(s) {sorted(bad)}; known: {sorted(known)}")
-    values: dict[str, float | None] = {}
-    for key, v in raw.items():
-        if v is False:
-            values[key] = None  # `key = false` switches a threshold off
-        elif isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise GateConfigError(f"{source}: threshold {key} must be a number >= 0 or false, got {v!r}")
-        else:
-            values[key] = float(v)
-    return GateConfig(unknown=unknown, thresholds=Thresholds(**values), source=source)
+    values = {key: _limit(v, key, source) for key, v in raw.items()}
+    return GateConfig(
+        unknown=unknown, thresholds=Thresholds(**values), source=source, load=_load_config(data, source)
+    )
+
+
+def _limit(v: Any, key: str, source: str) -> float | None:
+    if v is False:
+        return None  # `key = false` switches a threshold off
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        raise GateConfigError(f"{source}: threshold {key} must be a number >= 0 or false, got {v!r}")
+    return float(v)
+
+
+def _load_config(data: Mapping[str, Any], source: str) -> LoadThresholds:
+    raw = data.get("load", {})
+    if not isinstance(raw, Mapping):
+        raise GateConfigError(f"{source}: [load] must be a table")
+    known = set(LoadThresholds.__dataclass_fields__)
+    bad = set(raw) - known
+    if bad:
+        raise GateConfigError(f"{source}: unknown [load] key(s) {sorted(bad)}; known: {sorted(known)}")
+    values: dict[str, Any] = {
+        k: _limit(v, f"load.{k}", source) for k, v in raw.items() if k != "phase_push_p99_ms"
+    }
+    phases = raw.get("phase_push_p99_ms", {})
+    if not isinstance(phases, Mapping):
+        raise GateConfigError(f"{source}: [load.phase_push_p99_ms] must be a table of phase = ms")
+    values["phase_push_p99_ms"] = {
+        str(k): _limit(v, f"load.phase_push_p99_ms.{k}", source) for k, v in phases.items()
+    }
+    return LoadThresholds(**values)
 
 
 @dataclass(frozen=True)
@@ -247,6 +296,41 @@ def findings_for(scenario: Mapping[str, Any], th: Thresholds) -> Iterator[Findin
             yield f
 
 
+LOAD_FIGURES = "load-figures"
+
+
+def load_findings(scenario: Mapping[str, Any], th: LoadThresholds) -> Iterator[Finding]:
+    """Every ``[load]`` budget this load run's per-phase figures cross."""
+    name = scenario.get("name", "?")
+    v = next((v for v in scenario.get("verdicts", []) if v.get("name") == LOAD_FIGURES), None)
+    if not v or is_not_applicable(v):
+        return
+    for i, ph in enumerate((v.get("evidence") or {}).get("phases", [])):
+        label, kind, fault = ph.get("name"), ph.get("kind"), ph.get("fault")
+        src = f"{LOAD_FIGURES}.evidence.phases[{i}]"
+        if fault in th.phase_push_p99_ms:
+            limit = th.phase_push_p99_ms[fault]
+        elif kind in th.phase_push_p99_ms:
+            limit = th.phase_push_p99_ms[kind]
+        else:
+            limit = None if fault in PROCESS_FAULTS else th.push_p99_ms
+        p99 = _num((ph.get("push") or {}).get("p99_ms"))
+        if p99 is not None and limit is not None and p99 > limit:
+            msg = f"push p99 in phase {label} was {p99:g} ms over push_p99_ms = {limit:g}"
+            yield Finding(name, "load.push_p99_ms", p99, limit, f"{src}.push.p99_ms", msg)
+        sent = _num(ph.get("sent")) or 0.0
+        errors = (_num(ph.get("refused")) or 0.0) + (_num(ph.get("persist_failed")) or 0.0)
+        if th.max_error_ratio is not None and sent > 0 and errors / sent > th.max_error_ratio:
+            ratio = round(errors / sent, 4)
+            msg = f"error ratio in phase {label} was {ratio:g} over max_error_ratio = {th.max_error_ratio:g}"
+            yield Finding(name, "load.max_error_ratio", ratio, th.max_error_ratio, f"{src}.refused", msg)
+        rate = _num(ph.get("deliveries_per_s"))
+        low = th.min_deliveries_per_s
+        if kind == "baseline" and low is not None and rate is not None and rate < low:
+            msg = f"baseline throughput was {rate:g} deliveries/s under min_deliveries_per_s = {low:g}"
+            yield Finding(name, "load.min_deliveries_per_s", rate, low, f"{src}.deliveries_per_s", msg)
+
+
 SEEDED_KINDS = ("flaw", "mutant")  # meta keys of scenarios run against a bug put in on purpose
 
 
@@ -283,7 +367,7 @@ def judge_scenario(scenario: Mapping[str, Any], config: GateConfig) -> ScenarioO
     reasons: list[str] = []
     fails = [v for v in verdicts if v.get("status") == "fail"]
     unknowns = [v for v in verdicts if v.get("status") == "unknown" and not is_not_applicable(v)]
-    findings = list(findings_for(scenario, config.thresholds))
+    findings = list(findings_for(scenario, config.thresholds)) + list(load_findings(scenario, config.load))
     reasons += [f"{v.get('name')} failed: {v.get('summary')}" for v in fails]
     reasons += [f"threshold crossed: {f.message} ({f.source})" for f in findings]
     if fails or findings:

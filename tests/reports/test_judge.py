@@ -178,3 +178,50 @@ def test_scenario_error_and_empty_runs():
     out = judge(run_of(s), GateConfig())
     assert out.exit_code == EXIT_UNKNOWN and "did not complete" in " ".join(out.scenarios[0].reasons)
     assert judge(run_of(), GateConfig()).exit_code == EXIT_ENV
+
+
+def _load_run(phases: list[dict]) -> dict:
+    figures = {"name": "load-figures", "status": "pass", "summary": "", "evidence": {"phases": phases}}
+    return run_of({"name": "load default", "verdicts": [figures]})
+
+
+def _phase(name: str, kind: str, fault: str | None = None, **kw: object) -> dict:
+    row = {"name": name, "kind": kind, "fault": fault, "sent": 1000, "refused": 0, "persist_failed": 0}
+    row["push"] = {"p99_ms": kw.pop("p99", 20.0)}
+    return {**row, **kw}
+
+
+def test_load_budgets_judge_each_phase_but_a_kill_window() -> None:
+    run = _load_run(
+        [
+            _phase("baseline", "baseline", deliveries_per_s=900.0),
+            _phase("storage-latency@10s", "fault", "storage-latency", p99=2500.0),
+            _phase("broker-kill@40s", "fault", "broker-kill", p99=9000.0),  # down: no budget
+            _phase("recovery", "recovery", refused=80),
+        ]
+    )
+    out = judge(run, GateConfig())
+    assert out.exit_code == EXIT_FAIL
+    found = {(f.threshold, f.value) for f in out.findings}
+    assert found == {("load.push_p99_ms", 2500.0), ("load.max_error_ratio", 0.08)}
+    cfg = config_from(
+        {"load": {"min_deliveries_per_s": 1000, "max_error_ratio": False,
+                  "phase_push_p99_ms": {"storage-latency": 3000, "broker-kill": 5000}}}
+    )  # fmt: skip
+    found = {(f.threshold, f.value) for f in judge(run, cfg).findings}
+    assert found == {("load.min_deliveries_per_s", 900.0), ("load.push_p99_ms", 9000.0)}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"load": {"push_p99": 1}}, "unknown [load] key(s) ['push_p99']"),
+        ({"load": {"push_p99_ms": "fast"}}, "load.push_p99_ms must be a number"),
+        ({"load": {"phase_push_p99_ms": 3}}, "must be a table of phase = ms"),
+        ({"load": 3}, "[load] must be a table"),
+    ],
+)
+def test_bad_load_section(data: dict, message: str) -> None:
+    with pytest.raises(GateConfigError) as err:
+        config_from(data)
+    assert message in str(err.value)
