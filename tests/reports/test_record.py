@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
 
 import pytest
 
@@ -101,6 +102,41 @@ def test_html_is_self_contained(runs_root):
     }
     assert "p-45" in html  # the lost ids are in the evidence tables
     assert "./lab test scenarios/test_fmea1_storage.py::test_x" in html
+    assert_well_nested(html)
+
+
+class _Nesting(HTMLParser):
+    """Table rows only inside tables, every table closed: a template edit that breaks the page fails."""
+
+    VOID = {"meta", "br", "img", "input", "link", "hr", "col", "wbr"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.problems: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag in self.VOID:
+            return
+        if tag == "tr" and "table" not in self.stack:
+            self.problems.append(f"<tr> outside a table at line {self.getpos()[0]}")
+        self.stack.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.VOID:
+            return
+        if tag not in self.stack:
+            self.problems.append(f"</{tag}> without an open <{tag}> at line {self.getpos()[0]}")
+            return
+        while self.stack.pop() != tag:  # implicitly closed elements (p, li, td) end with their parent
+            pass
+
+
+def assert_well_nested(html: str) -> None:
+    parser = _Nesting()
+    parser.feed(html)
+    assert not parser.problems, parser.problems[:5]
+    assert "table" not in parser.stack, "a table is never closed"
 
 
 def test_runs_index_lists_past_runs_with_a_trend(runs_root):
