@@ -28,7 +28,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -38,6 +37,7 @@ import psutil
 
 from chaos.bench.workload import Workload
 from chaos.launcher import BrokerUnderTest, launch
+from chaos.supervisor import Child, scratch_dir
 
 LOCUSTFILE = Path(__file__).with_name("bench_locustfile.py")
 _ROOT = Path(__file__).resolve().parents[2]  # the tree holding the chaos package
@@ -173,8 +173,14 @@ def locust_env() -> dict[str, str]:
     return env
 
 
-def stop_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """Ctrl-C for a Locust we started in its own session, then SIGKILL of its group if it lingers."""
+def stop_group(proc: Child | subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Ctrl-C for a Locust started in its own group, then SIGKILL of the group if it lingers."""
+    if isinstance(proc, Child):
+        if proc.alive:
+            proc.signal(signal.SIGINT)
+            if not proc.exited(grace):
+                proc.kill()
+        return
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGINT)
@@ -187,8 +193,8 @@ def stop_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
 
 
 def measure_rig(target: str, n: int, processes: int, seconds: float, warmup: float, rnd: int) -> Row:
-    with _server(target) as server, tempfile.TemporaryDirectory(prefix="fastport-bench-") as tmp:
-        summary = Path(tmp) / "summary.json"
+    with _server(target) as server, scratch_dir("fastport-bench-") as tmp:
+        summary = tmp / "summary.json"
         extra = [
             "--fp-subs-per-user",
             str(n // processes),
@@ -216,27 +222,26 @@ def measure_rig(target: str, n: int, processes: int, seconds: float, warmup: flo
         )
         srv = psutil.Process(server.pid)
         c0, t0 = _cpu(srv), time.perf_counter()
-        log_path = Path(tmp) / "locust.log"
+        log_path = tmp / "locust.log"
         with open(log_path, "wb") as log_file:  # a file, not a pipe: a full pipe would stall Locust
-            proc = subprocess.Popen(
+            # A supervised child: its own group, killed with the bench however the bench ends.
+            proc = Child(
                 cmd,
+                name="locust",
                 env=locust_env(),
-                stdin=subprocess.DEVNULL,
+                inherit_env=False,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            ).start()
         client_cpu = 0.0
         try:
             root = psutil.Process(proc.pid)
             # Sample the rig's CPU at the end of its measured window (before its processes exit).
             deadline = time.monotonic() + warmup + seconds + 60
             marks: list[tuple[float, float]] = []
-            while proc.poll() is None and time.monotonic() < deadline:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(0.25)  # sampling CPU periodically; the exit is what ends the loop
+            while not proc.exited(0.25) and time.monotonic() < deadline:  # sampling CPU periodically
                 marks.append((time.perf_counter(), _tree_cpu(root)))
-            if proc.poll() is None:
+            if proc.alive:
                 raise RuntimeError(f"locust did not finish within {warmup + seconds + 60:g}s")
         finally:
             stop_group(proc)
