@@ -75,6 +75,7 @@ class SoakPlan:
     big_messages: int = 70  # 64 KiB, towards the stalled reader (more than its socket buffers hold)
     draws: tuple[str, ...] | None = None  # replay these faults instead of drawing (a failing soak's list)
     duration: float | None = None  # seconds: no new cycle starts after this (a time budget)
+    calm_before_kill: float = 2.5  # seconds of healthy traffic before a kill (see soak_scenario)
 
     def faults(self, durable: bool, restartable_pg: bool) -> list[str]:
         """The seeded draw, one fault name per cycle: every fault of the menu once (in a seeded order),
@@ -150,9 +151,15 @@ def soak_scenario(plan: SoakPlan, on_cycle: Callable[[dict[str, Any]], None] | N
         pub, bulk = lab.publisher("p"), lab.publisher("bulk")
         for c in (*subs, pub, bulk):
             await c.start()
+        # The soak starts from settled storage: subscriptions acknowledged but not yet written when
+        # the first cycle's storage fault and a kill come would be lost with the broker (as an
+        # unpersisted message is), and nothing could tell them from a broker that forgets them.
+        if durable:
+            await store_barrier(lab, subs, pub)
         traffic = Traffic(pub, RATE)
         traffic.start()
         cycles: list[dict[str, Any]] = []
+        calm_since = lab.history.now()
         lab.notes["cycles"] = cycles
         big_tasks: list[asyncio.Task[PublishAnswer]] = []
         for n, name in enumerate(draws, 1):
@@ -161,7 +168,12 @@ def soak_scenario(plan: SoakPlan, on_cycle: Callable[[dict[str, Any]], None] | N
                 break
             fault = _bind(name, linked, slow)
             row: dict[str, Any] = {"cycle": n, "fault": name}
-            seq = pub.seq
+            if fault.crash:
+                # A kill lands on a broker that ran healthy for a while: what was acked then is
+                # settled, so the resurrection checker can hold the restarted broker to it. Traffic
+                # goes on meanwhile; this paces the soak, it synchronises nothing.
+                await asyncio.sleep(max(0.0, plan.calm_before_kill - (lab.history.now() - calm_since)))
+            seq, conns = pub.seq, linked.connections
             try:
                 async with nemesis.inject(fault) as f:
                     if isinstance(f, SubscriberSlow):  # answers come later: a stalled broker may hold them
@@ -172,6 +184,12 @@ def soak_scenario(plan: SoakPlan, on_cycle: Callable[[dict[str, Any]], None] | N
                         lab.history, lambda s=seq: pub.seq - s >= plan.per_cycle, timeout=60,
                         what=f"{plan.per_cycle} publishes during {name}",
                     )  # fmt: skip
+                    if isinstance(f, LinkReset):  # the window holds the cut it is there to make
+                        with contextlib.suppress(HangError):
+                            await wait_for(
+                                lab.history, lambda c=conns: linked.connections > c or not linked.connected,
+                                timeout=10, what="the linked subscriber's connection to be reset",
+                            )  # fmt: skip
             except FaultUnsupported as exc:
                 row["skipped"] = str(exc)
                 cycles.append(row)
@@ -195,6 +213,7 @@ def soak_scenario(plan: SoakPlan, on_cycle: Callable[[dict[str, Any]], None] | N
                     "lab", "info", "rss", value={"cycle": n, "pid": lab.broker.pid, "rss_bytes": rss}
                 )
             cycles.append(row)
+            calm_since = lab.history.now()
             if on_cycle is not None:
                 on_cycle(row)
         ids = await traffic.stop()
