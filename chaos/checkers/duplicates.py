@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from chaos.checkers.facts import Facts, facts_of, lookup, pair_key
+from chaos.checkers.facts import Facts, dense, facts_of, lookup, pair_key
 from chaos.checkers.stats import MAX_LISTED
 from chaos.checkers.verdict import Verdict, failed, passed, unknown
 from chaos.history import History
@@ -32,9 +32,13 @@ def inversions(facts: Facts) -> tuple[np.ndarray, np.ndarray]:
     groups = np.flatnonzero(facts.dg_msg >= 0)
     msg = facts.dg_msg[groups]
     seq = facts.msg_seq[msg]
-    key = pair_key(facts.dg_client[groups], facts.msg_publisher[msg])
+    client, n_clients = dense(facts.dg_client[groups])
+    publisher, n_publishers = dense(facts.msg_publisher[msg])
+    key = client * n_publishers + publisher  # (recipient, publisher), densely numbered
+    if n_clients * n_publishers <= 1 << 16:
+        key = key.astype(np.uint16)  # radix-sorted
     t = facts.dg_first_time[groups]
-    o = np.argsort(seq, kind="stable")
+    o = np.argsort(seq, kind="stable")  # by (recipient, publisher), then time, then publisher order
     o = o[np.argsort(t[o], kind="stable")]
     o = o[np.argsort(key[o], kind="stable")]
     k = key[o]
@@ -51,8 +55,8 @@ def inversions(facts: Facts) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(by_seq, kind="stable")
     after_msg = order[lookup(by_seq[order], pair_key(pubs, after_seq))]
     # listed per (recipient, publisher) in the order of its first appearance among the groups
-    seg_first = np.full(int(seg[-1]) + 1 if len(seg) else 0, len(facts.dg_first), np.int64)
-    np.minimum.at(seg_first, seg, facts.dg_first[groups[o]])
+    starts = np.flatnonzero(new_seg)
+    seg_first = np.minimum.reduceat(facts.dg_first[groups[o]], starts) if len(starts) else starts
     listing = np.argsort(seg_first[seg[bad]] * max(1, len(o)) + bad, kind="stable")
     return groups[o[bad]][listing], after_msg[listing]
 

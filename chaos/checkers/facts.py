@@ -159,6 +159,30 @@ def first_per_group(groups: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
 
 
+def dense(codes: np.ndarray) -> tuple[np.ndarray, int]:
+    """(rank of each code among the distinct ones, how many there are), without sorting the codes.
+
+    Codes index the history's string pool, so a table over their range finds the distinct ones in
+    one pass; few distinct codes (clients, topics, publishers) then sort as 16-bit keys, which numpy
+    radix-sorts ten times faster than 64-bit ones.
+    """
+    if not len(codes):
+        return np.empty(0, np.int64), 0
+    lo = int(codes.min())
+    seen = np.zeros(int(codes.max()) - lo + 1, bool)
+    seen[codes - lo] = True
+    rank = np.cumsum(seen) - 1
+    return rank[codes - lo], int(seen.sum())
+
+
+def group_order(codes: np.ndarray) -> np.ndarray:
+    """A stable permutation that puts equal codes together (in code order)."""
+    if len(codes) < 2 or bool(np.all(codes[1:] >= codes[:-1])):
+        return np.arange(len(codes))
+    rank, n = dense(codes)
+    return np.argsort(rank.astype(np.uint16) if n <= 1 << 16 else rank, kind="stable")
+
+
 def runs(groups: np.ndarray) -> list[tuple[int, int]]:
     """(start, end) of each run of equal values in *groups*."""
     starts = first_per_group(groups).tolist()
@@ -174,6 +198,12 @@ def lookup(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
     out = np.full(len(queries), -1, np.int64)
     if not len(queries) or not len(sorted_keys):
         return out
+    if len(sorted_keys) <= _CACHED_KEYS or bool(np.all(queries[1:] >= queries[:-1])):
+        pos = np.searchsorted(sorted_keys, queries)  # a small table stays in cache; sorted queries too
+        pos[pos == len(sorted_keys)] = 0
+        hit = sorted_keys[pos] == queries
+        out[hit] = pos[hit]
+        return out
     o = np.argsort(queries, kind="stable")
     q = queries[o]
     pos = np.searchsorted(sorted_keys, q)
@@ -181,6 +211,9 @@ def lookup(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
     hit = sorted_keys[pos] == q
     out[o[hit]] = pos[hit]
     return out
+
+
+_CACHED_KEYS = 1 << 16  # int64 keys: half a megabyte, within a core's cache
 
 
 def take(values: np.ndarray, idx: np.ndarray, fill: Any) -> np.ndarray:
@@ -234,7 +267,7 @@ class Facts:
         self.msg_topic = pub["topic"][rows].astype(np.int64)
         self.msg_publisher = pub["process"][rows].astype(np.int64)
         self.msg_invoke = t[rows]
-        o = np.argsort(self.msg_publisher, kind="stable")
+        o = group_order(self.msg_publisher)
         starts = first_per_group(self.msg_publisher[o])
         seq = np.empty(m, np.int64)
         seq[o] = np.arange(m) - np.repeat(starts, np.diff(np.r_[starts, m]))
@@ -335,6 +368,28 @@ class Facts:
         self._sub_keys = pair_key(self.sub_client, self.sub_topic)
         self._sub_order = np.argsort(self._sub_keys, kind="stable")
 
+    def possibly_subscribed_mask(self, sub: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """:meth:`Intervals.possibly_during` (a, b) of subscription *sub* (-1: none) of many rows at once.
+
+        Subscriptions hold few possible intervals, so the k-th interval of every subscription is
+        tried on every row at once, without grouping the rows by subscription.
+        """
+        out = np.zeros(len(sub), bool)
+        if not self.n_subs or not len(sub):
+            return out
+        width = max(len(iv.possible) for iv in self.sub_intervals)
+        has = sub >= 0
+        s = np.where(has, sub, 0)
+        for k in range(width):
+            start = np.array(
+                [iv.possible[k][0] if k < len(iv.possible) else np.nan for iv in self.sub_intervals]
+            )
+            stop = np.array(
+                [iv.possible[k][1] if k < len(iv.possible) else np.nan for iv in self.sub_intervals]
+            )
+            out |= has & (start[s] <= b) & (a <= stop[s])
+        return out
+
     def sub_of(self, client: np.ndarray, topic: np.ndarray) -> np.ndarray:
         """The subscription (index into ``sub_*``) of each (client, topic) code pair, -1 when none."""
         found = lookup(self._sub_keys[self._sub_order], pair_key(client, topic))
@@ -361,10 +416,16 @@ class Facts:
         self.dg_client = self.dv_client[self.dg_first]
         self.dg_msg = self.dv_msg[self.dg_first]
         self.n_groups = len(starts)
-        self.dv_group = np.empty(len(rows), np.int64)
-        self.dv_group[o] = np.repeat(np.arange(self.n_groups), self.dg_count)
-        sorted_t = self.dv_time[o]
-        self.dg_last_time = np.maximum.reduceat(sorted_t, starts) if len(starts) else np.empty(0)
+        self.dv_sorted_group = np.repeat(np.arange(self.n_groups), self.dg_count)  # group of dv_order[k]
+        self.dv_sorted_time = self.dv_time[o]
+        self.dg_last_time = np.maximum.reduceat(self.dv_sorted_time, starts) if len(starts) else np.empty(0)
+
+    @cached_property
+    def dv_group(self) -> np.ndarray:
+        """The delivery group of each delivery (index into ``dg_*``)."""
+        out = np.empty(len(self.dv_rows), np.int64)
+        out[self.dv_order] = self.dv_sorted_group
+        return out
 
     @cached_property
     def dv_digest(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -424,7 +485,7 @@ class Facts:
         out = np.zeros(len(clients), bool)
         if not len(clients):
             return out
-        o = np.argsort(clients, kind="stable")
+        o = group_order(clients)
         sc = clients[o]
         for a, b in runs(sc):
             spans = self._online.get(int(sc[a]))
@@ -438,7 +499,7 @@ class Facts:
 
     @cached_property
     def _msg_by_topic(self) -> dict[int, np.ndarray]:
-        o = np.argsort(self.msg_topic, kind="stable")
+        o = group_order(self.msg_topic)
         st = self.msg_topic[o]
         return {int(st[a]): o[a:b] for a, b in runs(st) if st[a] >= 0}
 
@@ -506,12 +567,26 @@ class Facts:
         i = lookup(self.ak_key, pair_key(clients, codes))
         return take(self.ak_time, i, np.nan)
 
+    @cached_property
+    def dg_ack(self) -> np.ndarray:
+        """First ack time of each delivery group's pair, NaN when never acked (sorted keys: one pass)."""
+        return take(self.ak_time, lookup(self.ak_key, self.dg_key), np.nan)
+
+    @cached_property
+    def pair_ack(self) -> np.ndarray:
+        """First ack time of each required pair, NaN when never acked."""
+        g = self.pair_group
+        out = take(self.dg_ack, g, np.nan)
+        never = np.flatnonzero(g < 0)  # acked without a delivery: odd, but an ack all the same
+        out[never] = self.acks_of(self.pair_client[never], self.msg_code[self.pair_msg[never]])
+        return out
+
     def first_delivery_after(self, t: float, *, inclusive: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Per delivery group: (time, index into ``dv_*``) of its first delivery after *t* (NaN, -1: none)."""
         o = self.dv_order
-        ts = self.dv_time[o]
+        ts = self.dv_sorted_time
         pos = np.flatnonzero(ts >= t if inclusive else ts > t)
-        g = self.dv_group[o[pos]]
+        g = self.dv_sorted_group[pos]
         first = first_per_group(g)
         when = np.full(self.n_groups, np.nan)
         which = np.full(self.n_groups, -1, np.int64)

@@ -110,7 +110,7 @@ def check_hydration(
     not_landed = []
     published = facts.published_mask[facts.pair_msg]
     persisted = facts.msg_persisted[facts.pair_msg]
-    acked = facts.acks_of(facts.pair_client, facts.msg_code[facts.pair_msg])
+    acked = facts.pair_ack
     for w in crashes:
         label = f"{w.name} at t={h.rel(w.start)}s"
         cev: dict[str, Any] = {

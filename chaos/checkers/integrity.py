@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from chaos.checkers.digest import payload_checksum, recorded_digest, recorded_self_check
-from chaos.checkers.facts import Facts, facts_of, runs, take
+from chaos.checkers.facts import Facts, facts_of, take
 from chaos.checkers.stats import MAX_LISTED
 from chaos.checkers.verdict import Verdict, failed, passed, unknown
 from chaos.history import DIGEST_HEX, DIGEST_INT, DIGEST_STR, History
@@ -48,14 +48,7 @@ def misrouted_mask(facts: Facts) -> np.ndarray:
     a = take(facts.msg_invoke, m, np.nan)
     answered = take(facts.msg_answered, m, np.nan)
     b = np.where(np.isnan(answered), facts.dv_time, answered)
-    sub = facts.sub_of(facts.dv_client, mtopic)
-    possibly = np.zeros(len(m), bool)
-    o = np.argsort(sub, kind="stable")
-    for lo, hi in runs(sub[o]):
-        s = int(sub[o[lo]])
-        if s >= 0:
-            idx = o[lo:hi]
-            possibly[idx] = facts.sub_intervals[s].possibly_mask(a[idx], b[idx])
+    possibly = facts.possibly_subscribed_mask(facts.sub_of(facts.dv_client, mtopic), a, b)
     return known & ((facts.dv_topic != mtopic) | ~possibly)
 
 

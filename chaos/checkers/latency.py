@@ -25,7 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from chaos.checkers.facts import Facts, PublishedMessage, runs, take, window_evidence, window_mask
+from chaos.checkers.facts import (
+    Facts,
+    PublishedMessage,
+    group_order,
+    runs,
+    take,
+    window_evidence,
+    window_mask,
+)
 from chaos.checkers.stats import MAX_LISTED, latency_summary, ms, percentile
 from chaos.checkers.verdict import Verdict, failed, passed, unknown
 from chaos.history import FaultWindow
@@ -76,7 +84,7 @@ def groups_in_order(codes: np.ndarray) -> list[tuple[int, np.ndarray]]:
     """(code, positions) per distinct code, in order of first appearance."""
     if not len(codes):
         return []
-    o = np.argsort(codes, kind="stable")
+    o = group_order(codes)
     groups = [(int(codes[o[a]]), o[a:b]) for a, b in runs(codes[o])]
     groups.sort(key=lambda g: int(g[1][0]))
     return groups

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from chaos.checkers.facts import Facts, crash_windows, facts_of, runs, storage_windows, take
+from chaos.checkers.facts import Facts, crash_windows, facts_of, group_order, runs, storage_windows, take
 from chaos.checkers.stats import MAX_LISTED
 from chaos.checkers.verdict import Verdict, failed, passed, unknown
 from chaos.history import History
@@ -37,7 +37,7 @@ GRACE_S = 2.0
 def _no_drop_between(facts: Facts, clients: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """No ``disconnect`` of the client within [a, b] (its connection stayed the same one)."""
     out = np.ones(len(clients), bool)
-    o = np.argsort(clients, kind="stable")
+    o = group_order(clients)
     for lo, hi in runs(clients[o]):
         times = facts.disconnects.get(int(clients[o[lo]]))
         if times is None or not len(times):
