@@ -768,6 +768,11 @@ class History:
             self._codes = {x: i for i, x in enumerate(self._strings)}
         return self._codes.get(s, -1)
 
+    def row_index(self, table: str) -> np.ndarray:
+        """The history index of each row of *table* (rows are in history order)."""
+        with self._lock:
+            return self._index_locked(table)
+
     def row_event(self, table: str, row: int) -> Event:
         """The :class:`Event` of one row of *table* (for evidence: a checker lists a few)."""
         with self._lock:
