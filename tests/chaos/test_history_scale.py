@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from chaos.bench.history import T0, found_exactly, run_checkers, synthetic
-from chaos.history import TABLES, History, _canonical
+from chaos.history import TABLES, History
+from chaos.history.columns import canonical as _canonical
 from chaos.load.recorder import HistoryRecorder
 
 
