@@ -81,7 +81,8 @@ def test_both_formats_round_trip_exactly(tmp_path_factory, evs):
     d = tmp_path_factory.mktemp("h")
     h.write(d / "h.npz")
     h.write(d / "h.jsonl")
-    for back in (History.read(d / "h.npz"), History.read(d / "h.jsonl")):
+    h.write(d / "lines.npz", compact=False)
+    for back in (History.read(d / "h.npz"), History.read(d / "h.jsonl"), History.read(d / "lines.npz")):
         assert back.events == h.events and back.start == h.start
         assert back.processes() == h.processes()
         assert [back[i] for i in range(len(h))] == h.events
