@@ -3,7 +3,7 @@
 Nothing here judges: verdicts and the measurements the gate holds to
 thresholds (latency per phase, recovery and hydration times) are the checkers'
 evidence. The timeline uses the checkers' own latency samples
-(``chaos.checkers.latency.message_samples``: required recipient, online at
+(``chaos.checkers.latency.samples``: required recipient, online at
 publish time, latency = publish invoke to first delivery), cut into a bounded
 number of time buckets so a 100,000-event history still plots a few hundred
 points: deliveries per second, and the p50 / p99 latency of the messages
@@ -15,8 +15,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from chaos.checkers.facts import Facts
-from chaos.checkers.latency import message_samples
+from chaos.checkers.latency import samples
 from chaos.checkers.stats import ms, percentile
 from chaos.history import FaultWindow, History
 
@@ -41,26 +43,26 @@ def timeline(history: History, facts: Facts | None = None, max_buckets: int = MA
     start, end = history.start, history.end
     width = bucket_width(end - start, max_buckets)
     n = max(1, min(max_buckets, math.ceil((end - start) / width) or 1))
-    delivered = [0] * n
-    for ev in history.by_f("deliver"):
-        delivered[min(n - 1, max(0, int((ev.time - start) / width)))] += 1
-    lat: list[list[float]] = [[] for _ in range(n)]
-    lost = [0] * n
-    for m, group in message_samples(facts):
-        i = min(n - 1, max(0, int((m.invoke_time - start) / width)))
-        for _, _, latency in group:
-            if math.isfinite(latency):
-                lat[i].append(latency)
-            else:
-                lost[i] += 1
+
+    def bucket(t: np.ndarray) -> np.ndarray:
+        return np.clip(((t - start) / width).astype(np.int64), 0, n - 1)
+
+    delivered = np.bincount(bucket(facts.deliver_cols["time"]), minlength=n)
+    s = samples(facts)
+    b = bucket(s.invoke)
+    finite = np.isfinite(s.latency)
+    lost = np.bincount(b[~finite], minlength=n)
+    lat = s.latency[finite]
+    o = np.argsort(b[finite], kind="stable")
+    per = np.split(lat[o], np.cumsum(np.bincount(b[finite], minlength=n))[:-1])
     return {
         "bucket_s": width,
         "t": [round(i * width, 6) for i in range(n)],
-        "delivery_rate": [round(d / width, 3) for d in delivered],
-        "p50_ms": [ms(percentile(v, 50)) if v else None for v in lat],
-        "p99_ms": [ms(percentile(v, 99)) if v else None for v in lat],
-        "samples": [len(v) for v in lat],
-        "lost": lost,
+        "delivery_rate": [round(int(d) / width, 3) for d in delivered],
+        "p50_ms": [ms(percentile(v, 50)) if len(v) else None for v in per],
+        "p99_ms": [ms(percentile(v, 99)) if len(v) else None for v in per],
+        "samples": [len(v) for v in per],
+        "lost": [int(x) for x in lost],
         "faults": [window_span(w, history) for w in history.fault_windows()],
         "run_s": history.rel(end),
     }
@@ -82,9 +84,9 @@ def counts(history: History, facts: Facts | None = None) -> dict[str, Any]:
     return {
         "run_s": history.rel(history.end),
         "events": len(history),
-        "messages": len(facts.messages),
-        "deliveries": sum(len(v) for v in facts.deliveries.values()),
-        "duplicate_deliveries": sum(len(v) - 1 for v in facts.deliveries.values() if len(v) > 1),
+        "messages": facts.n_messages,
+        "deliveries": len(facts.dv_rows),
+        "duplicate_deliveries": int((facts.dg_count - 1).sum()),
     }
 
 

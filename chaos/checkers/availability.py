@@ -14,11 +14,12 @@ lacks ``"effective": true``), or there are too few samples.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection
 
+import numpy as np
+
 from chaos.checkers.facts import Facts, facts_of, is_storage_window
-from chaos.checkers.latency import collect, compare_latency
+from chaos.checkers.latency import collect, compare_latency, samples
 from chaos.checkers.stats import percentile
 from chaos.checkers.verdict import Verdict
 from chaos.history import FaultWindow, History
@@ -51,8 +52,9 @@ def check_availability(
         for w in facts.history.fault_windows()
         if (w.name in faults if faults is not None else is_storage_window(w))
     ]
-    base = [s[2] for s in collect(facts, [], lambda _c: True)[0] if math.isfinite(s[2])]
-    base_p99 = percentile(base, 99) if base else None
+    lat = samples(facts).latency[collect(facts, [], None)[0]]
+    base = lat[np.isfinite(lat)]
+    base_p99 = percentile(base, 99) if len(base) else None
 
     def ceiling(w: FaultWindow) -> float | None:
         # Deliveries as slow as the storage latency injected (where that is well above normal
@@ -64,7 +66,7 @@ def check_availability(
         NAME,
         facts,
         windows,
-        lambda _c: True,
+        None,
         factor=factor,
         slack=slack,
         min_samples=min_samples,

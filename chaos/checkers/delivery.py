@@ -13,8 +13,10 @@ published before a crash and not reported persisted before it is counted
 
 from __future__ import annotations
 
+import numpy as np
+
 from chaos.checkers.facts import Facts, crash_windows, facts_of
-from chaos.checkers.stats import listed
+from chaos.checkers.stats import MAX_LISTED
 from chaos.checkers.verdict import Verdict, failed, passed, unknown
 from chaos.history import History
 
@@ -24,25 +26,22 @@ NAME = "at-least-once"
 def check_at_least_once(history: History | Facts) -> Verdict:
     facts = facts_of(history)
     h = facts.history
-    published = facts.published()
+    published = facts.published_mask
     crashes = [w.start for w in crash_windows(h) if w.effective is not False]
-    pairs = ambiguous = excused = 0
-    lost: list[tuple[str, str, float]] = []
-    for m in published:
-        required, amb = facts.recipients(m)
-        ambiguous += len(amb)
-        for c in required:
-            pairs += 1
-            if (c, m.id) not in facts.deliveries:
-                if any(
-                    t >= m.invoke_time and (m.persisted_time is None or m.persisted_time > t) for t in crashes
-                ):
-                    excused += 1  # not persisted when the broker crashed: it may be gone
-                    continue
-                lost.append((m.id, c, m.invoke_time))
+    sel = published[facts.pair_msg]
+    pm = facts.pair_msg[sel]
+    undelivered = facts.pair_group[sel] < 0
+    pairs = len(pm)
+    ambiguous = int(facts.msg_ambiguous[published].sum())
+    invoke, persisted = facts.msg_invoke[pm], facts.msg_persisted[pm]
+    unpersisted_at_crash = np.zeros(pairs, bool)
+    for t in crashes:  # not persisted when the broker crashed: it may be gone
+        unpersisted_at_crash |= (t >= invoke) & (np.isnan(persisted) | (persisted > t))
+    excused = int((undelivered & unpersisted_at_crash).sum())
+    lost = np.flatnonzero(undelivered & ~unpersisted_at_crash)
     windows = h.fault_windows()
     ev = {
-        "messages_published": len(published),
+        "messages_published": int(published.sum()),
         "pairs_expected": pairs,
         "pairs_ambiguous": ambiguous,
         "pairs_lost": len(lost),
@@ -52,21 +51,25 @@ def check_at_least_once(history: History | Facts) -> Verdict:
     if pairs == 0:
         return unknown(
             NAME,
-            f"no (message, recipient) pair to check: {len(published)} message(s) answered "
+            f"no (message, recipient) pair to check: {ev['messages_published']} message(s) answered "
             "'published' but none had a subscriber surely subscribed at the time.",
             **ev,
         )
-    if lost:
-        ev["lost"] = listed(
-            {
-                "id": i,
-                "recipient": c,
-                "published_s": h.rel(t),
-                "during_fault": next((w.name for w in windows if w.contains(t, facts.end)), None),
-            }
-            for i, c, t in lost
-        )
-        first = ev["lost"][0]
+    if len(lost):
+        clients = facts.pair_client[sel]
+        rows = []
+        for i in lost[:MAX_LISTED].tolist():
+            t = float(invoke[i])
+            rows.append(
+                {
+                    "id": facts.name(facts.msg_code[pm[i]]),
+                    "recipient": facts.name(clients[i]),
+                    "published_s": h.rel(t),
+                    "during_fault": next((w.name for w in windows if w.contains(t, facts.end)), None),
+                }
+            )
+        ev["lost"] = rows
+        first = rows[0]
         when = f" during fault {first['during_fault']}" if first["during_fault"] else ""
         return failed(
             NAME,
@@ -78,7 +81,7 @@ def check_at_least_once(history: History | Facts) -> Verdict:
         )
     return passed(
         NAME,
-        f"all {pairs} (message, recipient) pairs of {len(published)} published messages were "
+        f"all {pairs} (message, recipient) pairs of {ev['messages_published']} published messages were "
         f"delivered ({ambiguous} ambiguous pairs not judged).",
         **ev,
     )

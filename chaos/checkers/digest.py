@@ -9,6 +9,12 @@ keys, no spaces): a broker may re-encode JSON, but not change its value.
 The lab's publishers also put ``sha256`` of their ``data`` into each payload
 (:func:`payload_checksum`), so a subscriber can check a delivery on its own,
 without the publisher's record: :func:`self_check`.
+
+A digest has one of two kinds, and is only ever compared with one of the same
+kind (the publisher's and the subscribers' record of the same message are
+made by the same rig): a **string**, the suites' clients' canonical-JSON
+digest above, and an **int**, the load rig's CRC-32 of the payload's data
+string (``chaos.load.sessions``: cheap enough per delivery at load rates).
 """
 
 from __future__ import annotations
@@ -55,12 +61,17 @@ def record(payload: Any) -> dict[str, Any]:
     return out
 
 
-def recorded_digest(value: Any) -> str | None:
-    """The payload digest in a recorded event value (``digest``, or a whole ``payload`` as old labs kept)."""
+def recorded_digest(value: Any) -> str | int | None:
+    """The payload digest in a recorded event value (``digest``, or a whole ``payload`` as old labs kept).
+
+    A string (canonical JSON, the suites) or an int (CRC-32 of the data, the load rig).
+    """
     if not isinstance(value, dict):
         return None
     d = value.get("digest")
     if isinstance(d, str):
+        return d
+    if type(d) is int and 0 <= d < 2**64:
         return d
     if "payload" in value:
         try:

@@ -27,8 +27,10 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from chaos.checkers.facts import Facts, crash_windows, facts_of
-from chaos.checkers.stats import listed
+import numpy as np
+
+from chaos.checkers.facts import Facts, crash_windows, facts_of, take
+from chaos.checkers.stats import MAX_LISTED, listed
 from chaos.checkers.verdict import Verdict, failed, passed, unknown
 from chaos.history import FaultWindow, History
 
@@ -41,6 +43,47 @@ def _crashes(facts: Facts, crash_faults: Collection[str] | None) -> list[FaultWi
     if crash_faults is None:
         return crash_windows(facts.history)
     return [w for w in facts.history.fault_windows() if w.name in crash_faults]
+
+
+class _Listed:
+    """A count and the first few rows of a kind of pair, across crashes."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.rows: list[dict[str, Any]] = []
+
+    def add(
+        self,
+        facts: Facts,
+        crash: FaultWindow,
+        owed: np.ndarray,
+        sel: np.ndarray,
+        times: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """The pairs ``owed[sel]``; *times*: more evidence per owed pair (seconds since run start)."""
+        ks = np.flatnonzero(sel)
+        self.count += len(ks)
+        for k in ks[: MAX_LISTED - len(self.rows)].tolist():
+            i = int(owed[k])
+            m = int(facts.pair_msg[i])
+            row = {
+                "id": facts.name(facts.msg_code[m]),
+                "recipient": facts.name(facts.pair_client[i]),
+                "crash": crash.name,
+                "persisted_s": facts.rel(facts.msg_persisted[m]),
+            }
+            for name, t in (times or {}).items():
+                row[name] = facts.rel(t[k])
+            self.rows.append(row)
+
+
+def _first_live(facts: Facts, client: int, topic: int, since: float) -> float:
+    """When *client* first got a message on *topic* published after *since* (NaN: never)."""
+    lo = np.searchsorted(facts.dg_key, client << 32)
+    hi = np.searchsorted(facts.dg_key, (client + 1) << 32)
+    m = facts.dg_msg[lo:hi]
+    sel = (take(facts.msg_topic, m, -1) == topic) & (take(facts.msg_invoke, m, np.nan) > since)
+    return float(facts.dg_first_time[lo:hi][sel].min()) if sel.any() else float("nan")
 
 
 def check_hydration(
@@ -63,28 +106,11 @@ def check_hydration(
             **ev,
         )
     expected = 0
-    missing: list[dict[str, Any]] = []
-    unverifiable: list[dict[str, Any]] = []
+    missing, unverifiable, late = _Listed(), _Listed(), _Listed()
     not_landed = []
-    late: list[dict[str, Any]] = []
-    published = facts.published()
-    live_cache: dict[tuple[str, str, float], float | None] = {}
-
-    def first_live(client: str, topic: str, since: float) -> float | None:
-        """When *client* first got a message on *topic* published after *since* (its resubscribe)."""
-        key = (client, topic, since)
-        if key not in live_cache:
-            times = [
-                d[0].time
-                for (c, mid), d in facts.deliveries.items()
-                if c == client
-                and (m2 := facts.messages.get(mid)) is not None
-                and m2.topic == topic
-                and m2.invoke_time > since
-            ]
-            live_cache[key] = min(times) if times else None
-        return live_cache[key]
-
+    published = facts.published_mask[facts.pair_msg]
+    persisted = facts.msg_persisted[facts.pair_msg]
+    acked = facts.pair_ack
     for w in crashes:
         label = f"{w.name} at t={h.rel(w.start)}s"
         cev: dict[str, Any] = {
@@ -98,39 +124,30 @@ def check_hydration(
             not_landed.append(label)
             continue
         restart = w.end if w.end is not None else facts.end
-        n = 0
-        last_redelivery: float | None = None
-        for m in published:
-            if m.persisted_time is None or m.persisted_time > w.start:
-                continue
-            required, _ = facts.recipients(m)
-            for c in required:
-                acked = facts.acks.get((c, m.id))
-                if acked is not None and acked <= w.start:
-                    continue
-                pair = {"id": m.id, "recipient": c, "crash": w.name, "persisted_s": h.rel(m.persisted_time)}
-                iv = facts.subscriptions[(c, m.topic)]
-                if not iv.subscribed_since(restart):
-                    unverifiable.append(pair)
-                    continue
-                n += 1
-                again = next((d.time for d in facts.deliveries.get((c, m.id), ()) if d.time > w.start), None)
-                if again is None:
-                    missing.append(pair)
-                    continue
-                if last_redelivery is None or again > last_redelivery:
-                    last_redelivery = again
-                resub = min((t for t in iv.oks if t >= restart), default=None)
-                live = None if resub is None else first_live(c, m.topic, resub)
-                if resub is not None and live is not None and again > resub + replay_grace and again > live:
-                    late.append(
-                        pair
-                        | {
-                            "resubscribed_s": h.rel(resub),
-                            "newer_message_s": h.rel(live),
-                            "redelivered_s": h.rel(again),
-                        }
-                    )
+        owed = np.flatnonzero(published & (persisted <= w.start) & ~(acked <= w.start))
+        subs = facts.pair_sub[owed]
+        resub = np.array([_nan(iv.first_ok_since(restart)) for iv in facts.sub_intervals])
+        resub_at = resub[subs] if len(resub) else np.empty(0)
+        verifiable = ~np.isnan(resub_at)
+        unverifiable.add(facts, w, owed, ~verifiable)
+        g = facts.pair_group[owed]
+        after, _ = facts.first_delivery_after(w.start)
+        again = take(after, g, np.nan)
+        n = int(verifiable.sum())
+        gone = verifiable & np.isnan(again)
+        missing.add(facts, w, owed, gone)
+        back = verifiable & ~np.isnan(again)
+        last_redelivery = float(again[back].max()) if back.any() else None
+        # replayed on subscribe: not after the grace when a newer message already came on that subscription
+        live_of_sub = np.full(facts.n_subs, np.nan)
+        for s in np.unique(subs[back]).tolist():
+            live_of_sub[s] = _first_live(
+                facts, int(facts.sub_client[s]), int(facts.sub_topic[s]), float(resub[s])
+            )
+        live = live_of_sub[subs]
+        slow = back & (again > resub_at + replay_grace) & (again > live)
+        times = {"resubscribed_s": resub_at, "newer_message_s": live, "redelivered_s": again}
+        late.add(facts, w, owed, slow, times)
         cev["pairs_expected"] = n
         cev["redelivery_s"] = (
             None if last_redelivery is None else round(max(0.0, last_redelivery - restart), 6)
@@ -138,29 +155,29 @@ def check_hydration(
         expected += n
     ev.update(
         pairs_expected=expected,
-        pairs_missing=len(missing),
-        missing=listed(missing),
+        pairs_missing=missing.count,
+        missing=missing.rows,
         replay_grace_s=replay_grace,
-        pairs_not_replayed_on_subscribe=len(late),
-        not_replayed_on_subscribe=listed(late),
-        pairs_unverifiable=len(unverifiable),
-        unverifiable=listed(unverifiable),
+        pairs_not_replayed_on_subscribe=late.count,
+        not_replayed_on_subscribe=late.rows,
+        pairs_unverifiable=unverifiable.count,
+        unverifiable=unverifiable.rows,
     )
-    if missing:
-        p = missing[0]
+    if missing.count:
+        p = missing.rows[0]
         return failed(
             HYDRATION,
-            f"hydration violated: {len(missing)} of {expected} persisted, unacked "
+            f"hydration violated: {missing.count} of {expected} persisted, unacked "
             f"(message, recipient) pairs were not redelivered after the restart; first: "
             f"{p['id']} -> {p['recipient']} (persisted at t={p['persisted_s']}s, before "
             f"{p['crash']}).",
             **ev,
         )
-    if late:
-        p = late[0]
+    if late.count:
+        p = late.rows[0]
         return failed(
             HYDRATION,
-            f"not replayed on subscribe: {len(late)} of {expected} persisted, unacked pairs came back only "
+            f"not replayed on subscribe: {late.count} of {expected} persisted, unacked pairs came back only "
             f"by a later retry, after newer messages; first: {p['id']} -> {p['recipient']} redelivered at "
             f"t={p['redelivered_s']}s, resubscribed at t={p['resubscribed_s']}s (PROTOCOL.md: subscribed, "
             "then every outstanding delivery).",
@@ -176,8 +193,8 @@ def check_hydration(
         )
     if expected == 0:
         why = (
-            f"{len(unverifiable)} pairs' recipients never subscribed again after the restart"
-            if unverifiable
+            f"{unverifiable.count} pairs' recipients never subscribed again after the restart"
+            if unverifiable.count
             else "nothing was persisted and unacked before the crash"
         )
         return unknown(HYDRATION, f"nothing to check for hydration: {why}.", **ev)
@@ -187,6 +204,10 @@ def check_hydration(
         f"after {len(crashes)} crash(es).",
         **ev,
     )
+
+
+def _nan(x: float | None) -> float:
+    return float("nan") if x is None else x
 
 
 def _field(item: Any, name: str, default: Any = None) -> Any:
@@ -221,23 +242,26 @@ def check_no_zombies(
     crashes = _crashes(facts, crash_faults)
     last_restart = max((w.end if w.end is not None else w.start for w in crashes), default=h.start)
     acked_kept, stranded = [], []
-    live = dead = 0
-    for msg_id, client, is_dead in rows:
-        if is_dead:
-            dead += 1
-            continue
-        live += 1
+    code = h.code
+    live_rows = [(m, c) for m, c, is_dead in rows if not is_dead]
+    dead = len(rows) - len(live_rows)
+    live = len(live_rows)
+    mc = np.array([code(m) for m, _ in live_rows], np.int64)
+    cc = np.array([code(c) for _, c in live_rows], np.int64)
+    ack_t = facts.acks_of(cc, mc)
+    msg = facts.msg_of_code[mc]
+    topic = take(facts.msg_topic, msg, -1)
+    sub = facts.sub_of(cc, topic)
+    resub_ok = np.array([iv.subscribed_since(last_restart) for iv in facts.sub_intervals], bool)
+    resubscribed = take(resub_ok, sub, False)
+    g = facts.groups_of(cc, mc)
+    retried = take(facts.dg_last_time, g, np.nan) >= last_restart
+    online = facts.online_mask(cc, np.full(len(cc), facts.end))
+    for i, (msg_id, client) in enumerate(live_rows):
         row = {"id": msg_id, "recipient": client}
-        if (client, msg_id) in facts.acks:
-            acked_kept.append(row | {"acked_s": h.rel(facts.acks[(client, msg_id)])})
-            continue
-        m = facts.messages.get(msg_id)
-        if m is None or m.topic is None:
-            continue
-        iv = facts.subscriptions.get((client, m.topic))
-        resubscribed = iv is not None and iv.subscribed_since(last_restart)
-        retried = any(d.time >= last_restart for d in facts.deliveries.get((client, msg_id), ()))
-        if resubscribed and facts.online(client, facts.end) and not retried:
+        if ack_t[i] == ack_t[i]:
+            acked_kept.append(row | {"acked_s": facts.rel(ack_t[i])})
+        elif msg[i] >= 0 and topic[i] >= 0 and resubscribed[i] and online[i] and not retried[i]:
             stranded.append(row)
     ev = {
         "store_rows": len(rows),

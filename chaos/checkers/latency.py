@@ -10,76 +10,157 @@ published (of each, when several overlap). The baseline is the steady state
 before anything went wrong: the messages published before the first fault
 window; only when those are too few, every message published outside *all* fault
 windows (then the backlog a broken broker carries out of a fault would flatter it).
+
+Samples are arrays (:class:`Samples`, built once per :class:`Facts`), in publish
+order and then each topic's subscribers in order of subscription: the order in
+which evidence lists them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from chaos.checkers.facts import Facts, PublishedMessage, in_any, window_evidence
-from chaos.checkers.stats import latency_summary, listed, ms, percentile
+import numpy as np
+
+from chaos.checkers.facts import (
+    Facts,
+    PublishedMessage,
+    group_order,
+    runs,
+    take,
+    window_evidence,
+    window_mask,
+)
+from chaos.checkers.stats import MAX_LISTED, latency_summary, ms, percentile
 from chaos.checkers.verdict import Verdict, failed, passed, unknown
 from chaos.history import FaultWindow
 
 Sample = tuple[PublishedMessage, str, float]  # (message, recipient, latency seconds or inf)
 
 
+@dataclass(frozen=True)
+class Samples:
+    """Every latency sample of a history, one row each: the one definition of a sample."""
+
+    msg: np.ndarray  # message index (facts.msg_*)
+    client: np.ndarray  # recipient's code
+    topic: np.ndarray  # the message's topic code
+    invoke: np.ndarray  # publish invoke time
+    latency: np.ndarray  # seconds, inf when never delivered
+
+    def __len__(self) -> int:
+        return len(self.msg)
+
+
+def samples(facts: Facts) -> Samples:
+    """The samples of *facts* (built once, then shared by the checkers that use them)."""
+    s = facts.cache.get("samples")
+    if s is None:
+        pm = facts.pair_msg
+        invoke = facts.msg_invoke[pm]
+        keep = facts.online_mask(facts.pair_client, invoke)
+        first = take(facts.dg_first_time, facts.pair_group[keep], math.inf)
+        lat = first - invoke[keep]
+        m = pm[keep]
+        s = facts.cache["samples"] = Samples(
+            m, facts.pair_client[keep], facts.msg_topic[m], invoke[keep], lat
+        )
+    return s
+
+
+def include_mask(facts: Facts, clients: np.ndarray, include: Callable[[str], bool] | None) -> np.ndarray:
+    """*include* (a predicate on client ids) asked once per distinct client."""
+    if include is None:
+        return np.ones(len(clients), bool)
+    codes = np.unique(clients)
+    kept = [c for c in codes.tolist() if include(facts.strings[c])]
+    return np.isin(clients, kept)
+
+
+def groups_in_order(codes: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(code, positions) per distinct code, in order of first appearance."""
+    if not len(codes):
+        return []
+    o = group_order(codes)
+    groups = [(int(codes[o[a]]), o[a:b]) for a, b in runs(codes[o])]
+    groups.sort(key=lambda g: int(g[1][0]))
+    return groups
+
+
 def message_samples(
     facts: Facts, include: Callable[[str], bool] | None = None
 ) -> list[tuple[PublishedMessage, list[Sample]]]:
-    """Each message with its samples, in publish order: the one definition of a latency sample.
+    """Each message with its samples, in publish order, as objects (for small histories and tools).
 
     Only messages with at least one sample are listed; *include* filters recipients.
     """
-    out = []
-    for m in sorted(facts.messages.values(), key=lambda m: m.invoke_time):
-        required, _ = facts.recipients(m)
-        targets = [c for c in required if (include is None or include(c)) and facts.online(c, m.invoke_time)]
-        if targets:
-            out.append((m, [(m, c, facts.latency(m, c)) for c in targets]))
+    s = samples(facts)
+    sel = np.flatnonzero(include_mask(facts, s.client, include))
+    msgs = list(facts.messages.values())
+    out: list[tuple[PublishedMessage, list[Sample]]] = []
+    for i in sel.tolist():
+        m = msgs[int(s.msg[i])]
+        if not out or out[-1][0] is not m:
+            out.append((m, []))
+        out[-1][1].append((m, facts.strings[int(s.client[i])], float(s.latency[i])))
     return out
 
 
 def collect(
-    facts: Facts, windows: list[FaultWindow], include: Callable[[str], bool], min_samples: int = 10
-) -> tuple[list[Sample], dict[int, list[Sample]]]:
-    """(baseline samples, samples per index into *windows*) for recipients passing *include*.
+    facts: Facts, windows: list[FaultWindow], include: Callable[[str], bool] | None, min_samples: int = 10
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(baseline samples, samples per window of *windows*), as indexes into :func:`samples`.
 
     The baseline: samples before the first fault window, if at least *min_samples* of them
-    arrived, else every sample outside all fault windows.
+    arrived, else every sample outside all fault windows. Recipients pass *include*.
     """
+    s = samples(facts)
+    sel = include_mask(facts, s.client, include)
     all_windows = facts.history.fault_windows()
     first_fault = min((w.start for w in all_windows), default=math.inf)
-    baseline: list[Sample] = []
-    before: list[Sample] = []
-    per_window: dict[int, list[Sample]] = {i: [] for i in range(len(windows))}
-    for m, samples in message_samples(facts, include):
-        hit = False
-        for i, w in enumerate(windows):
-            if w.contains(m.invoke_time, facts.end):  # overlapping windows (faults at once) share it
-                per_window[i].extend(samples)
-                hit = True
-        if not hit and in_any(m.invoke_time, all_windows, facts.end) is None:
-            baseline.extend(samples)
-            if m.invoke_time < first_fault:
-                before.extend(samples)
-    if sum(1 for s in before if math.isfinite(s[2])) >= min_samples:
-        return before, per_window
-    return baseline, per_window
+    hit = np.zeros(len(s), bool)
+    per_window = []
+    for w in windows:  # overlapping windows (faults at once) share their samples
+        inside = window_mask(s.invoke, w, facts.end) & sel
+        per_window.append(np.flatnonzero(inside))
+        hit |= inside
+    outside = sel & ~hit
+    for w in all_windows:
+        outside &= ~window_mask(s.invoke, w, facts.end)
+    before = outside & (s.invoke < first_fault)
+    if int(np.isfinite(s.latency[before]).sum()) >= min_samples:
+        return np.flatnonzero(before), per_window
+    return np.flatnonzero(outside), per_window
 
 
-def _p99_bound(values: list[float], factor: float, slack: float, min_samples: int) -> float | None:
-    finite = [v for v in values if math.isfinite(v)]
+def _p99_bound(values: np.ndarray, factor: float, slack: float, min_samples: int) -> float | None:
+    finite = values[np.isfinite(values)]
     return factor * percentile(finite, 99) + slack if len(finite) >= min_samples else None
+
+
+def sample_rows(facts: Facts, s: Samples, idx: np.ndarray, latency: bool = False) -> list[dict[str, Any]]:
+    """Evidence rows for the first samples of *idx*: id, recipient, publish time (and latency)."""
+    rows = []
+    for i in idx[:MAX_LISTED].tolist():
+        row = {
+            "id": facts.name(facts.msg_code[s.msg[i]]),
+            "recipient": facts.name(s.client[i]),
+            "published_s": facts.rel(s.invoke[i]),
+        }
+        if latency:
+            row["latency_ms"] = ms(s.latency[i])
+        rows.append(row)
+    return rows
 
 
 def compare_latency(
     name: str,
     facts: Facts,
     windows: list[FaultWindow],
-    include: Callable[[str], bool],
+    include: Callable[[str], bool] | None,
     *,
     factor: float,
     slack: float,
@@ -113,30 +194,30 @@ def compare_latency(
             f"the nemesis must record fault-start/fault-stop events.",
             **ev,
         )
-    baseline, per_window = collect(facts, windows, include, min_samples)
-    ev["baseline"] = latency_summary([s[2] for s in baseline])
+    s = samples(facts)
+    base_idx, per_window = collect(facts, windows, include, min_samples)
+    base = s.latency[base_idx]
+    ev["baseline"] = latency_summary(base)
     ev["windows"] = []
     fails: list[str] = []
     unknowns: list[str] = []
-    bound = _p99_bound([s[2] for s in baseline], factor, slack, min_samples)
-    by_topic: dict[str | None, list[float]] = {}
-    for m, _, lat in baseline:
-        by_topic.setdefault(m.topic, []).append(lat)
-    topic_bounds = {t: _p99_bound(v, factor, slack, min_samples) for t, v in by_topic.items()}
+    bound = _p99_bound(base, factor, slack, min_samples)
+    by_topic = [(t, base[pos]) for t, pos in groups_in_order(s.topic[base_idx])]
+    topic_bounds = {t: _p99_bound(v, factor, slack, min_samples) for t, v in by_topic}
     if bound is not None:
         ev["bound_ms"] = ms(bound)
         ev["baseline_by_topic"] = {
-            str(t): latency_summary(v) | {"bound_ms": ms(topic_bounds[t] or bound)}
-            for t, v in by_topic.items()
+            str(facts.name(t)): latency_summary(v) | {"bound_ms": ms(topic_bounds[t] or bound)}
+            for t, v in by_topic
         }
     else:
         unknowns.append(
-            f"only {sum(1 for s in baseline if math.isfinite(s[2]))} baseline (no-fault) "
-            f"deliveries, need {min_samples}"
+            f"only {int(np.isfinite(base).sum())} baseline (no-fault) deliveries, need {min_samples}"
         )
     for i, w in enumerate(windows):
-        samples = per_window[i]
-        wev = window_evidence(w, h) | {"latency": latency_summary([s[2] for s in samples])}
+        idx = per_window[i]
+        lat = s.latency[idx]
+        wev = window_evidence(w, h) | {"latency": latency_summary(lat)}
         ev["windows"].append(wev)
         label = f"{w.name} at t={h.rel(w.start)}s"
         if w.effective is False:
@@ -145,47 +226,41 @@ def compare_latency(
         if w.effective is None and require_effective:
             unknowns.append(f"{label} was not confirmed to take effect (no 'effective' in its evidence)")
             continue
-        missing = [s for s in samples if not math.isfinite(s[2])]
-        if missing:
-            wev["undelivered"] = listed(
-                {"id": m.id, "recipient": c, "published_s": h.rel(m.invoke_time)} for m, c, _ in missing
-            )
+        missing = idx[~np.isfinite(lat)]
+        if len(missing):
+            wev["undelivered"] = sample_rows(facts, s, missing)
+            first = wev["undelivered"][0]
             fails.append(
-                f"{len(missing)} of {len(samples)} deliveries to online subscribers published during "
-                f"{label} never arrived (first: {missing[0][0].id} -> {missing[0][1]})"
+                f"{len(missing)} of {len(idx)} deliveries to online subscribers published during "
+                f"{label} never arrived (first: {first['id']} -> {first['recipient']})"
             )
-        if len(samples) < min_samples:
-            if not missing:
-                unknowns.append(
-                    f"only {len(samples)} deliveries published during {label}, need {min_samples}"
-                )
+        if len(idx) < min_samples:
+            if not len(missing):
+                unknowns.append(f"only {len(idx)} deliveries published during {label}, need {min_samples}")
             continue
         if bound is None:
             continue
         cap = ceiling(w) if ceiling is not None else None
-        groups: dict[str | None, list[Sample]] = {}
-        for smp in samples:
-            groups.setdefault(smp[0].topic, []).append(smp)
+        groups = groups_in_order(s.topic[idx])
         wev["by_topic"] = {}
-        for topic, group in groups.items():
+        for topic, pos in groups:
             tb = topic_bounds.get(topic) or bound
             if cap is not None and cap < tb:
                 tb = cap
-            if len(group) < min_samples and len(groups) > 1:
+            if len(pos) < min_samples and len(groups) > 1:
                 continue  # a few stragglers of another topic: judged with the window as a whole below
-            p99 = percentile([s[2] for s in group], 99)
-            wev["by_topic"][str(topic)] = {"samples": len(group), "p99_ms": ms(p99), "bound_ms": ms(tb)}
+            glat = lat[pos]
+            p99 = percentile(glat, 99)
+            tname = str(facts.name(topic))
+            wev["by_topic"][tname] = {"samples": len(pos), "p99_ms": ms(p99), "bound_ms": ms(tb)}
             if p99 <= tb:
                 continue
-            slow = sorted(group, key=lambda s: -s[2])
-            wev["slowest"] = listed(
-                {"id": m.id, "recipient": c, "published_s": h.rel(m.invoke_time), "latency_ms": ms(lat)}
-                for m, c, lat in slow
-            )
+            slow = idx[pos][np.argsort(-glat, kind="stable")]
+            wev["slowest"] = sample_rows(facts, s, slow, latency=True)
             if math.isfinite(p99):
                 why = " (the storage latency injected: delivery waited on storage)" if tb == cap else ""
                 fails.append(
-                    f"p99 publish-to-deliver latency during {label} on {topic} was {ms(p99)} ms, over the "
+                    f"p99 publish-to-deliver latency during {label} on {tname} was {ms(p99)} ms, over the "
                     f"bound {ms(tb)} ms{why} (baseline p99 {ev['baseline']['p99_ms']} ms)"
                 )
     if fails:

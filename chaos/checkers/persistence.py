@@ -6,47 +6,67 @@ PROTOCOL.md section 2: every ``published`` message later gets exactly one of
 
 from __future__ import annotations
 
+import numpy as np
+
+from chaos.checkers.facts import Facts
+from chaos.checkers.stats import MAX_LISTED
 from chaos.checkers.verdict import Verdict, failed, passed, unknown
-from chaos.history import History
+from chaos.history import OK, History
 
 NAME = PERSIST_OUTCOME = "persistence-outcome"
 
 
-def check_persistence_outcomes(history: History) -> Verdict:
+def check_persistence_outcomes(history: History | Facts) -> Verdict:
     """Each message answered ``published`` later got exactly one of ``persisted`` / ``persist_failed``.
 
     PROTOCOL.md section 2: the publisher is told the outcome once, ``persist_failed``
     only when the broker gave up. Run it after waiting for the outcomes (a hang timeout).
     """
-    published: dict[str, float] = {}
-    for ev in history.by_f("publish", type="ok"):
-        if ev.id is not None:
-            published.setdefault(ev.id, ev.time)
-    outcomes: dict[str, list[str]] = {}
-    for ev in history.by_f("persisted", "persist_failed"):
-        if ev.id is not None:
-            outcomes.setdefault(ev.id, []).append(ev.f)
-    none = [i for i in published if i not in outcomes]
-    many = [{"id": i, "outcomes": o} for i, o in outcomes.items() if len(o) > 1]
-    gave_up = sum(1 for o in outcomes.values() if o == ["persist_failed"])
+    if isinstance(history, Facts):
+        history = history.history
+    pub, per = history.columns("publish"), history.columns("persist")
+    strings = history.strings()
+    ids = pub["id"].astype(np.int64)
+    rows = np.flatnonzero((ids >= 0) & (pub["type"] == OK))
+    codes, first = np.unique(ids[rows], return_index=True)
+    order = np.argsort(first, kind="stable")  # in the order of the first `published`
+    published, published_t = codes[order], pub["time"][rows[first[order]]]
+    pids = per["id"].astype(np.int64)
+    prows = np.flatnonzero(pids >= 0)
+    ocodes, ofirst, ocount = np.unique(pids[prows], return_index=True, return_counts=True)
+    failed_n = np.bincount(np.searchsorted(ocodes, pids[prows][per["f"][prows] == 1]), minlength=len(ocodes))
+    none = np.flatnonzero(~np.isin(published, ocodes))
+    many = np.flatnonzero(ocount > 1)
+    many = many[np.argsort(ofirst[many], kind="stable")]  # in the order of their first outcome
+    several = []
+    for k in many[:MAX_LISTED].tolist():
+        sel = prows[pids[prows] == ocodes[k]]
+        several.append(
+            {"id": strings[int(ocodes[k])], "outcomes": [per.spec.fs[f] for f in per["f"][sel].tolist()]}
+        )
+    gave_up = int(((ocount == 1) & (failed_n == 1)).sum())
     ev_ = {
         "published": len(published),
-        "persisted": sum(1 for o in outcomes.values() if o == ["persisted"]),
+        "persisted": int(((ocount == 1) & (failed_n == 0)).sum()),
         "persist_failed": gave_up,
         "without_outcome": len(none),
-        "without_outcome_ids": [{"id": i, "published_s": history.rel(published[i])} for i in none[:20]],
-        "several_outcomes": many[:20],
+        "without_outcome_ids": [
+            {"id": strings[int(published[i])], "published_s": history.rel(float(published_t[i]))}
+            for i in none[:MAX_LISTED].tolist()
+        ],
+        "several_outcomes": several,
     }
-    if not published:
+    if not len(published):
         return unknown(PERSIST_OUTCOME, "nothing was answered 'published', so no outcome was owed.", **ev_)
     problems = []
-    if none:
+    if len(none):
+        first_id = ev_["without_outcome_ids"][0]
         problems.append(
             f"{len(none)} of {len(published)} published messages never got 'persisted' or 'persist_failed' "
-            f"(first: {none[0]}, published at t={history.rel(published[none[0]])}s)"
+            f"(first: {first_id['id']}, published at t={first_id['published_s']}s)"
         )
-    if many:
-        problems.append(f"{len(many)} messages got more than one outcome (first: {many[0]})")
+    if len(many):
+        problems.append(f"{len(many)} messages got more than one outcome (first: {several[0]})")
     if problems:
         return failed(
             PERSIST_OUTCOME,

@@ -17,12 +17,12 @@ could be judged.
 
 from __future__ import annotations
 
-import math
-from bisect import bisect_left, bisect_right
 from typing import Any
 
-from chaos.checkers.facts import Facts, facts_of, window_evidence
-from chaos.checkers.latency import Sample, collect, message_samples
+import numpy as np
+
+from chaos.checkers.facts import Facts, facts_of, first_per_group, window_evidence, window_mask
+from chaos.checkers.latency import collect, samples
 from chaos.checkers.stats import latency_summary, ms, percentile
 from chaos.checkers.verdict import Verdict, failed, passed, unknown
 from chaos.history import History
@@ -30,15 +30,18 @@ from chaos.history import History
 NAME = "recovery"
 
 
-def _recovery(
-    groups: list[list[Sample]], times: list[float], stop: float, bound: float | None
-) -> float | None:
-    """Seconds from *stop* until a message published after it was delivered to all within *bound*."""
-    for group in groups[bisect_left(times, stop) :]:
-        lats = [s[2] for s in group]
-        if all(math.isfinite(v) and (bound is None or v <= bound) for v in lats):
-            return round(group[0][0].invoke_time + max(lats) - stop, 6)
-    return None
+def _recovery(times: np.ndarray, worst: np.ndarray, stop: float, bound: float | None) -> float | None:
+    """Seconds from *stop* until a message published after it was delivered to all within *bound*.
+
+    *times*: each sampled message's publish time (ascending); *worst*: its slowest sample (inf if any
+    never arrived).
+    """
+    ok = np.isfinite(worst) if bound is None else worst <= bound
+    good = np.flatnonzero(ok[np.searchsorted(times, stop, side="left") :])
+    if not len(good):
+        return None
+    j = int(np.searchsorted(times, stop, side="left")) + int(good[0])
+    return round(float(times[j]) + float(worst[j]) - stop, 6)
 
 
 def check_recovery(history: History | Facts, *, factor: float = 1.0, slack: float = 0.0) -> Verdict:
@@ -46,13 +49,14 @@ def check_recovery(history: History | Facts, *, factor: float = 1.0, slack: floa
     h = facts.history
     windows = h.fault_windows()
     end = facts.end
-    per_message = message_samples(facts)
-    times = [m.invoke_time for m, _ in per_message]
-    groups = [g for _, g in per_message]
-    base = [s[2] for s in collect(facts, [], lambda _c: True)[0]]
-    finite = [v for v in base if math.isfinite(v)]
-    bound = factor * percentile(finite, 99) + slack if finite else None
-    deliver_times = sorted(ev.time for ev in h.by_f("deliver"))
+    s = samples(facts)
+    starts = first_per_group(s.msg)  # a message's samples are contiguous (publish order)
+    times = s.invoke[starts]
+    worst = np.maximum.reduceat(s.latency, starts) if len(starts) else np.empty(0)
+    base = s.latency[collect(facts, [], None)[0]]
+    finite = base[np.isfinite(base)]
+    bound = factor * percentile(finite, 99) + slack if len(finite) else None
+    deliver_times = np.sort(facts.deliver_cols["time"])
     ev: dict[str, Any] = {
         "baseline": latency_summary(base),
         "normal_bound_ms": ms(bound),
@@ -62,21 +66,23 @@ def check_recovery(history: History | Facts, *, factor: float = 1.0, slack: floa
     judged = 0
     for w in windows:
         stop = w.end if w.end is not None else end
-        in_w = [s[2] for m, g in per_message for s in g if w.contains(m.invoke_time, end)]
-        n_deliv = bisect_right(deliver_times, stop) - bisect_left(deliver_times, w.start)
+        in_w = s.latency[window_mask(s.invoke, w, end)]
+        n_deliv = int(np.searchsorted(deliver_times, stop, side="right")) - int(
+            np.searchsorted(deliver_times, w.start, side="left")
+        )
         row = window_evidence(w, h) | {
             "duration_s": round(stop - w.start, 6),
             "latency": latency_summary(in_w),
             "deliveries": n_deliv,
             "delivery_rate": round(n_deliv / (stop - w.start), 3) if stop > w.start else None,
-            "recovery_s": _recovery(groups, times, stop, bound),
+            "recovery_s": _recovery(times, worst, stop, bound),
         }
-        later = bisect_left(times, stop) < len(times)
+        later = int(np.searchsorted(times, stop, side="left")) < len(times)
         if later and row["recovery_s"] is None:
             # Never normal again: count the whole rest of the run, so a time budget still sees it.
             row["recovery_s"] = round(max(0.0, end - stop), 6)
             row["normal_by_end"] = False
-            row["delivery_resumed"] = _recovery(groups, times, stop, None) is not None
+            row["delivery_resumed"] = _recovery(times, worst, stop, None) is not None
         if w.effective is not False and later:
             judged += 1
             if row.get("delivery_resumed") is False:

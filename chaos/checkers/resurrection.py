@@ -21,11 +21,12 @@ no crash landed or no pair was settled before one.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from typing import Any
 
-from chaos.checkers.facts import Facts, crash_windows, facts_of, storage_windows
-from chaos.checkers.stats import listed
+import numpy as np
+
+from chaos.checkers.facts import Facts, crash_windows, facts_of, group_order, runs, storage_windows, take
+from chaos.checkers.stats import MAX_LISTED
 from chaos.checkers.verdict import Verdict, failed, passed, unknown
 from chaos.history import History
 
@@ -33,20 +34,18 @@ NAME = "resurrection"
 GRACE_S = 2.0
 
 
-def _disconnects(facts: Facts) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {}
-    for ev in facts.history.by_f("disconnect"):
-        out.setdefault(ev.process, []).append(ev.time)
+def _no_drop_between(facts: Facts, clients: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """No ``disconnect`` of the client within [a, b] (its connection stayed the same one)."""
+    out = np.ones(len(clients), bool)
+    o = group_order(clients)
+    for lo, hi in runs(clients[o]):
+        times = facts.disconnects.get(int(clients[o[lo]]))
+        if times is None or not len(times):
+            continue
+        idx = o[lo:hi]
+        i = np.searchsorted(times, a[idx], side="left")
+        out[idx] = (i >= len(times)) | (times[np.minimum(i, len(times) - 1)] > b[idx])
     return out
-
-
-def _stayed_open(facts: Facts, drops: dict[str, list[float]], client: str, a: float, b: float) -> bool:
-    """Connected over the whole of [a, b] on one connection (no disconnect in between)."""
-    if not (facts.online(client, a) and facts.online(client, b)):
-        return False
-    times = drops.get(client, [])
-    i = bisect_left(times, a)
-    return i >= len(times) or times[i] > b
 
 
 def check_resurrection(history: History | Facts, *, grace: float = GRACE_S) -> Verdict:
@@ -56,47 +55,48 @@ def check_resurrection(history: History | Facts, *, grace: float = GRACE_S) -> V
     h = facts.history
     crashes = [w for w in crash_windows(h) if w.effective is not False]
     storage = storage_windows(h)
-    drops = _disconnects(facts)
     ev: dict[str, Any] = {"grace_s": grace, "crashes": []}
     if not crashes:
         return unknown(NAME, "no crash fault window that landed, so resurrection was not exercised.", **ev)
+    acked, clients = facts.ak_time, facts.ak_client
+    until = acked + grace
+    # acked on a connection that stayed open for the grace, with storage healthy meanwhile
+    calm = facts.online_mask(clients, acked) & facts.online_mask(clients, until)
+    calm &= _no_drop_between(facts, clients, acked, until)
+    for s in storage:
+        calm &= ~((s.start <= until) & (acked <= (s.end or facts.end)))
+    group = facts.groups_of(clients, facts.ak_code)
     resurrected: list[dict[str, Any]] = []
-    settled_total = 0
+    n_resurrected = settled_total = 0
     for w in crashes:
         restart = w.end if w.end is not None else facts.end
-        settled = 0
-        for (client, msg_id), acked in facts.acks.items():
-            if acked + grace > w.start:
-                continue
-            if any(s.start <= acked + grace and acked <= (s.end or facts.end) for s in storage):
-                continue
-            if not _stayed_open(facts, drops, client, acked, acked + grace):
-                continue
-            settled += 1
-            again = [d for d in facts.deliveries.get((client, msg_id), ()) if d.time >= restart]
-            if again:
-                resurrected.append(
-                    {
-                        "id": msg_id,
-                        "recipient": client,
-                        "acked_s": h.rel(acked),
-                        "crash_s": h.rel(w.start),
-                        "redelivered_s": h.rel(again[0].time),
-                        "attempt": again[0].get("attempt"),
-                    }
-                )
-        ev["crashes"].append(
-            {"name": w.name, "start_s": h.rel(w.start), "end_s": h.rel(w.end), "settled": settled}
-        )
-        settled_total += settled
-    ev.update(
-        pairs_settled=settled_total, pairs_resurrected=len(resurrected), resurrected=listed(resurrected)
-    )
-    if resurrected:
+        settled = calm & (until <= w.start)
+        n = int(settled.sum())
+        when, which = facts.first_delivery_after(restart, inclusive=True)
+        again = take(when, group, np.nan)
+        back = np.flatnonzero(settled & ~np.isnan(again))
+        n_resurrected += len(back)
+        back = back[np.argsort(facts.ak_row[back], kind="stable")]  # in the order of the acks
+        for i in back[: MAX_LISTED - len(resurrected)].tolist():
+            d = int(take(which, group[[i]], -1)[0])
+            resurrected.append(
+                {
+                    "id": facts.name(facts.ak_code[i]),
+                    "recipient": facts.name(clients[i]),
+                    "acked_s": facts.rel(acked[i]),
+                    "crash_s": h.rel(w.start),
+                    "redelivered_s": facts.rel(again[i]),
+                    "attempt": facts.delivery_event(d).get("attempt"),
+                }
+            )
+        ev["crashes"].append({"name": w.name, "start_s": h.rel(w.start), "end_s": h.rel(w.end), "settled": n})
+        settled_total += n
+    ev.update(pairs_settled=settled_total, pairs_resurrected=n_resurrected, resurrected=resurrected)
+    if n_resurrected:
         r = resurrected[0]
         return failed(
             NAME,
-            f"resurrected deliveries: {len(resurrected)} of {settled_total} (message, recipient) pairs acked "
+            f"resurrected deliveries: {n_resurrected} of {settled_total} (message, recipient) pairs acked "
             f"well before a crash came back after the restart; first: {r['id']} -> {r['recipient']} acked at "
             f"t={r['acked_s']}s, redelivered at t={r['redelivered_s']}s after the crash at t={r['crash_s']}s "
             "(acked deliveries must be removed from the store).",

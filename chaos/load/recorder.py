@@ -1,10 +1,12 @@
 """What load users observed, reported one call per event, so the lab's checkers can judge a load run.
 
 Every FastPort user reports to one :class:`Recorder` per process (a Locust
-worker, or the single local process). The lab's compact history writer
-implements it; :class:`NullRecorder` discards (benchmarks), and
-:class:`MemoryRecorder` keeps plain tuples (tests, short runs) and can ship them
-to the Locust master in batches.
+worker, or the single local process). :class:`HistoryRecorder` is the lab's
+history writer: it appends straight into a :class:`~chaos.history.History`'s
+columns, one file per worker, merged at the end (``History.merge``), so the
+lab's checkers judge a load run as they judge a suite. :class:`NullRecorder`
+discards (benchmarks), and :class:`MemoryRecorder` keeps plain tuples (tests,
+short runs) and can ship them to the Locust master in batches.
 
 The protocol is shaped for the hot path, which runs millions of times a run:
 positional arguments only, strings the client already holds (ids, topics and
@@ -39,8 +41,12 @@ Event vocabulary (one method each):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from chaos.history import FAIL, INFO, INVOKE, OK, History
 
 
 @runtime_checkable
@@ -98,6 +104,82 @@ class NullRecorder:
 
     def close(self) -> None:
         pass
+
+
+class HistoryRecorder:
+    """Records every call into a :class:`History`'s columns: no Event, no dict per event.
+
+    Each call is one :class:`~chaos.history.ColumnWriter` append (about a
+    microsecond; see docs/checkers.md for the bytes per delivery). The events
+    are the suites' vocabulary (docs/checkers.md), so the same checkers judge
+    them: ``publish_invoked`` is ``publish invoke {digest, bytes}`` (the
+    digest an int, the CRC-32 of the payload's data, ``bytes`` the data's
+    length), ``delivered`` is ``deliver ok {digest, attempt}``, ``refused`` a
+    ``publish fail {code}``, and so on. Times are the wall clock the rig
+    stamps (``time.time()``), the history's start when this recorder was made.
+
+    With *path*, :meth:`close` writes the history there (compact for ``.npz``):
+    one file per Locust worker, merged on the master with ``History.merge``.
+    """
+
+    def __init__(self, history: History | None = None, path: str | Path | None = None) -> None:
+        self.history = history if history is not None else History(clock=time.time)
+        self.path = Path(path) if path is not None else None
+        self._w = self.history.writer()
+        self.closed = False
+
+    def connect_invoked(self, client: str, t: float, attempt: int) -> None:
+        self._w.connection(client, t, INVOKE, attempt=attempt)
+
+    def connected(self, client: str, t: float, connection: int) -> None:
+        self._w.connection(client, t, OK, connection=connection)
+
+    def connect_failed(self, client: str, t: float, error: str) -> None:
+        self._w.connection(client, t, FAIL, error=error)
+
+    def disconnected(self, client: str, t: float, cause: str, code: int | None) -> None:
+        self._w.connection(client, t, INFO, disconnect=True, cause=cause, code=code)
+
+    def subscribe_invoked(self, client: str, topic: str, t: float) -> None:
+        self._w.subscription(client, topic, t, INVOKE)
+
+    def subscribed(self, client: str, topic: str, t: float) -> None:
+        self._w.subscription(client, topic, t, OK)
+
+    def unsubscribed(self, client: str, topic: str, t: float) -> None:
+        self._w.subscription(client, topic, t, OK, unsubscribe=True)
+
+    def publish_invoked(
+        self, client: str, msg_id: str, topic: str, t: float, digest: int, length: int
+    ) -> None:
+        self._w.publish(client, INVOKE, msg_id, topic, t, digest=digest, length=length)
+
+    def published(self, client: str, msg_id: str, t: float, recipients: int) -> None:
+        self._w.publish(client, OK, msg_id, None, t, recipients=recipients)
+
+    def persisted(self, client: str, msg_id: str, t: float) -> None:
+        self._w.persist(client, msg_id, t)
+
+    def persist_failed(self, client: str, msg_id: str, t: float, reason: str) -> None:
+        self._w.persist(client, msg_id, t, failed=True, reason=reason)
+
+    def refused(self, client: str, msg_id: str, t: float, code: str) -> None:
+        self._w.publish(client, FAIL, msg_id, None, t, code=code)
+
+    def delivered(self, client: str, msg_id: str, topic: str, t: float, attempt: int, digest: int) -> None:
+        self._w.deliver(client, msg_id, topic, t, attempt, digest)
+
+    def acked(self, client: str, msg_id: str, t: float) -> None:
+        self._w.ack(client, msg_id, t)
+
+    def error(self, client: str, t: float, code: str, message: str) -> None:
+        self.history.append(client, "info", "error", value={"code": code, "message": message}, time=t)
+
+    def close(self) -> None:
+        """Write the history to *path*, if given (once; the Locust quit hook may call it again)."""
+        if self.path is not None and not self.closed:
+            self.history.write(self.path)
+        self.closed = True
 
 
 Event = tuple[Any, ...]  # (kind, *the method's arguments)
