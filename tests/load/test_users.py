@@ -92,7 +92,9 @@ def judge(events: list[list[Any]], since: float = 0.0) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("processes", [1, 2])
-def test_users_deliver_everything_they_publish(broker: BrokerUnderTest, tmp_path: Path, processes: int) -> None:
+def test_users_deliver_everything_they_publish(
+    broker: BrokerUnderTest, tmp_path: Path, processes: int
+) -> None:
     records, summary = tmp_path / "records.json", tmp_path / "summary.json"
     result = run_locust(
         HERE / "locustfile_recording.py",
