@@ -176,18 +176,21 @@ def run_scenario(
     name: str | None = None,
     timeout: float = 120.0,
     meta: dict[str, Any] | None = None,
+    history: History | None = None,
 ) -> ScenarioResult:
     """Run *scenario* on a fresh lab in its own event loop; never raises for a misbehaving broker.
 
     *meta* goes into the scenario's ``verdicts.json`` (e.g. ``fmea``, or ``flaw`` and ``expect``
     for the flaw matrix), which is how the gate learns it without importing any suite.
+    *history*: the lab's history (default a fresh one on the monotonic clock; a load run
+    records on the wall clock, which its Locust processes share).
     """
     name = name or scenario.__name__
     run_dir = scenario_folder(session, name)
     verdicts: list[Verdict] = []
     error: str | None = None
     t0 = time.monotonic()
-    lab = Lab(session, config, name=name, history=History())
+    lab = Lab(session, config, name=name, history=History() if history is None else history)
     lab.attach_progress()
 
     async def main() -> None:

@@ -259,9 +259,12 @@ class Child:
         stdout: Any = subprocess.PIPE,
         stderr: Any = subprocess.PIPE,
         inherit_env: bool = True,
+        group_grace: float = 0.0,
     ) -> None:
         """*env* adds to the lab's environment (``inherit_env=False``: it is the whole environment);
-        *stdout*/*stderr*: ``PIPE`` (drained, last lines kept), a file, or None (inherited)."""
+        *stdout*/*stderr*: ``PIPE`` (drained, last lines kept), a file, or None (inherited);
+        *group_grace*: seconds the rest of its process group may take to exit after it did (a Locust
+        master leaves its forked workers writing their files) before it is killed."""
         if not argv:
             raise ValueError("a child needs a command")
         if not ready_timeout > 0:
@@ -285,6 +288,7 @@ class Child:
         self.stdout_lines: collections.deque[str] = collections.deque(maxlen=TAIL)
         self.stderr_lines: collections.deque[str] = collections.deque(maxlen=TAIL)
         self.returncode: int | None = None
+        self.group_grace = group_grace
         self.leftover_processes = False  # group members still running when the child itself exited
         self.signalled = False
         self._proc: subprocess.Popen[bytes] | None = None
@@ -496,7 +500,10 @@ class Child:
     def _monitor(self) -> None:
         assert self._proc is not None
         code = self._proc.wait()
-        # Right after the reap the group id cannot have been reused yet: kill what the child left behind.
+        # While any member lives the group id cannot be reused: wait out the grace, kill what is left.
+        deadline = time.monotonic() + self.group_grace
+        while self._group_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the members are not our children: no exit to wait on, so look again
         self.leftover_processes = self._group_alive()
         if self.leftover_processes:
             with contextlib.suppress(ProcessLookupError, PermissionError):

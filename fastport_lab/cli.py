@@ -18,11 +18,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "toxiproxy": ("chaos.toxiproxy.cli:main", "run the embedded Toxiproxy-compatible fault proxy"),
     "gate": ("fastport_lab.gate:main", "run the chaos suites and gate on their verdicts (exit 0/1/2/3)"),
     "soak": ("fastport_lab.soak:main", "a hundred seeded fault cycles under steady traffic, judged"),
+    "load": ("fastport_lab.load:main", "Locust load with a fault schedule during it, judged by the checkers"),
     "mutants": ("fastport_lab.mutants:main", "the lab's mutation matrix: its kill rate on a foreign broker"),
 }
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "broker": ("chaos.bench.broker:main", "broker throughput and latency beside a bare websockets relay"),
     "proxy": ("chaos.bench.proxy:main", "fault-proxy overhead beside a direct connection"),
+    "load": ("chaos.load.bench:main", "deliveries/s the Locust rig drives, beside the lean client"),
 }
 
 

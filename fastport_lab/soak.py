@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from chaos.checkers.verdict import is_not_applicable
 from chaos.config import BACKENDS, LabConfig, LabConfigError
 from chaos.environment import LabSession
 from chaos.postgres import PostgresEnvError
@@ -137,8 +138,9 @@ def _main(argv: list[str]) -> int:
     if result is not None:
         console.print(_table(result.notes.get("cycles", [])))
         for v in result.verdicts:
-            colour = {"pass": "green", "fail": "red"}.get(v.status, "yellow")
-            console.print(f"[{colour}]{v.status.upper():7}[/] {escape(v.name)}: {escape(v.summary)}")
+            status = "n/a" if is_not_applicable(v) else v.status
+            colour = {"pass": "green", "fail": "red", "n/a": "dim"}.get(status, "yellow")
+            console.print(f"[{colour}]{status.upper():7}[/] {escape(v.name)}: {escape(v.summary)}")
         console.print(f"took {result.duration:.0f}s")
     gate = report.results.get("gate", {})
     console.print(f"{gate.get('status', '?').upper()}: {gate.get('summary', '')}")

@@ -97,6 +97,9 @@ def render_run(results: Mapping[str, Any]) -> str:
     for s in results.get("scenarios", []):
         if s.get("timeline"):
             figures[f"timeline-{s['slug']}"] = json.loads(plots.to_json(plots.timeline_figure(s["timeline"])))
+        load = ((s.get("meta") or {}).get("notes") or {}).get("load")
+        if isinstance(load, Mapping) and load.get("series"):
+            figures[f"load-{s['slug']}"] = json.loads(plots.to_json(plots.load_figure(load)))
     gate = results.get("gate") or {}
     title, subtitle = BANNERS.get(gate.get("status", "unknown"), BANNERS["unknown"])
     seeded = [s for s in results.get("scenarios", []) if seeded_bug(s)]

@@ -129,6 +129,63 @@ def timeline_figure(tl: Mapping[str, Any], title: str = "") -> go.Figure:
     return fig
 
 
+def load_figure(load: Mapping[str, Any]) -> go.Figure:
+    """A load run over time: deliveries and publishes a second over push latency (p50, p99), fault
+    windows shaded (``notes.load`` of a ``fastport-lab load`` scenario: its ``series`` and ``phases``)."""
+    series = load.get("series") or {}
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.45, 0.55])
+    t = list(series.get("t_s", []))
+    step = float(series.get("step_s") or 1.0)
+    mid = [x + step / 2 for x in t]
+    fig.add_trace(
+        go.Scatter(
+            x=mid, y=series.get("deliveries_per_s", []), name="deliveries/s", line={"color": "#0969da"}
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(x=mid, y=series.get("publishes_per_s", []), name="publishes/s", line={"color": "#57606a"}),
+        row=1,
+        col=1,
+    )
+    for key, color, dash in (("push_p50_ms", "#8250df", "solid"), ("push_p99_ms", "#bc4c00", "dot")):
+        fig.add_trace(
+            go.Scatter(
+                x=mid,
+                y=series.get(key, []),
+                mode="lines",
+                line={"color": color, "dash": dash},
+                name=key.replace("push_", "push ").replace("_ms", ""),
+                connectgaps=False,
+            ),  # fmt: skip
+            row=2,
+            col=1,
+        )
+    for ph in load.get("phases", []):
+        if ph.get("kind") != "fault":
+            continue
+        fig.add_vrect(
+            x0=ph["start_s"], x1=max(ph["end_s"], ph["start_s"] + step / 4), fillcolor=FAULT_FILL,
+            line_width=0, layer="below", row="all", col=1,
+        )  # fmt: skip
+        fig.add_annotation(
+            x=ph["start_s"], y=1.0, xref="x", yref="paper", text=str(ph.get("fault")), showarrow=False,
+            xanchor="left", yanchor="bottom", font={"size": 10, "color": COLORS["fail"]},
+        )  # fmt: skip
+    fig.update_layout(
+        height=440,
+        margin={"l": 60, "r": 20, "t": 24, "b": 40},
+        legend={"orientation": "h", "y": -0.15},
+        hovermode="x unified",
+        template="plotly_white",
+    )
+    fig.update_xaxes(title_text="seconds since the load started", row=2, col=1)
+    fig.update_yaxes(title_text="per second", row=1, col=1)
+    fig.update_yaxes(title_text="push latency (ms)", row=2, col=1, rangemode="tozero")
+    return fig
+
+
 def trend_figure(runs: Sequence[Mapping[str, Any]]) -> go.Figure:
     """Scenarios per status for each past run (oldest left), and the worst fault-window p99."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])

@@ -141,6 +141,21 @@ def test_duplicates_counted_and_judged_by_ratio():
         check_duplicates(b.build(), max_duplicate_ratio=-1)
 
 
+def test_retries_before_an_ack_are_at_least_once_not_duplicates():
+    """A subscriber that never acks is retried every backoff (PROTOCOL.md): repeats, but none judged."""
+    b = Builder()
+    b.connect("s1", 0.0).sub("s1", "t", 0.01).connect("p", 0.0)
+    for i in range(5):
+        b.pub("p", "t", f"p-{i}", 1.0 + i / 10)
+        for attempt in (1, 2, 3):
+            b.deliver("s1", "t", f"p-{i}", 1.05 + i / 10 + attempt, attempt=attempt)
+    b.ack("s1", "t", "p-0", 2.5)  # p-0 acked after its first delivery: its two retries count
+    v = check_duplicates(b.build(), max_duplicate_ratio=0.1)
+    assert v.evidence["duplicate_deliveries"] == 10 and v.evidence["redelivered_after_ack"] == 2
+    assert v.evidence["duplicate_ratio"] == round(2 / 15, 6) and v.status == "fail"
+    assert check_duplicates(b.build(), max_duplicate_ratio=0.2).status == "pass"
+
+
 def test_order_inversions_reported_and_optionally_judged():
     b = steady(5, subs=("s1",))
     b.drop("s1", "deliver", "p-1").deliver("s1", "t", "p-1", 1.35)  # after p-2 and p-3
