@@ -208,10 +208,17 @@ class PostgresStop(Fault):
         return {"pg_port": pg.port}
 
     async def stop(self, lab: Lab) -> Landing:
+        """Start it again; landed only if it was down and then accepts connections again (a window that
+        never healed would leave the rest of the run on a dead store while claiming a clean fault)."""
         pg = lab.session.pg
         assert lab.dsn_direct is not None
         ev = self._evidence
         await asyncio.to_thread(pg.start)
         ev["restarted"] = pg.is_running
-        ev["probe_after"] = await probe_sql(lab.dsn_direct, timeout=5.0)
-        return Landing(bool(ev.get("stopped")) and not ev.get("probe", {"ok": True})["ok"], ev)
+        ev["probe_after"] = after = await probe_sql(lab.dsn_direct, timeout=5.0)
+        down = bool(ev.get("stopped")) and not ev.get("probe", {"ok": True})["ok"]
+        if not down:
+            ev["why"] = f"PostgreSQL did not go down: stopped={ev.get('stopped')}, probe {ev.get('probe')}"
+        elif not after["ok"]:
+            ev["why"] = f"PostgreSQL did not accept connections again after the restart: {after['error']}"
+        return Landing(down and after["ok"], ev)

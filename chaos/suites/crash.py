@@ -2,12 +2,13 @@
 
 Three subscribers: ``keeper`` never acks (its deliveries stay outstanding),
 ``acker`` acks at once, ``away`` is a durable subscriber that goes offline while
-a backlog (1,000 messages at default intensity) is published to it, and must
-get all of it when it comes back. Then, while the publisher runs at 1,000
-publishes a second, the broker is killed with SIGKILL in the middle of the burst
-(everything it said ``persisted`` is owed after the restart) and restarted on
-the same port; the publisher carries on (it resends what got no answer, with the
-same ids). When ``keeper`` reconnects, every persisted, unacked delivery must
+a backlog (1,200 messages at default intensity, ``offline_backlog``) is
+published to it, and must get all of it when it comes back. Then, while the
+publisher runs at 1,000 publishes a second (``kill_rate``), the broker is
+killed with SIGKILL in the middle of the burst (everything it said
+``persisted`` is owed after the restart) and restarted on the same port; the
+publisher carries on (it resends what got no answer, with the same ids). When
+``keeper`` reconnects, every persisted, unacked delivery must
 come again (hydration), and nothing ``acker`` acked well before the crash may
 come back (resurrection). Then the broker is frozen with SIGSTOP while messages
 are published, and thawed: all of them must arrive. Finally ``keeper`` acks
