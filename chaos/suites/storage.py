@@ -13,6 +13,10 @@ once storage is back the publisher must learn each message's fate: exactly one
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from chaos.checkers import (
     Facts,
     check_at_least_once,
@@ -22,6 +26,7 @@ from chaos.checkers import (
     check_recovery,
 )
 from chaos.checkers.availability import NAME as AVAILABILITY
+from chaos.checkers.latency import samples
 from chaos.checkers.verdict import Verdict, not_applicable
 from chaos.environment import Lab
 from chaos.faults import FaultUnsupported
@@ -33,6 +38,23 @@ SUBSCRIBERS = ("a-s1", "m-s2", "z-s3")
 OUTCOME_TIMEOUT = 60.0  # hang timeout for persisted/persist_failed after recovery (a backlog to write)
 FACTOR, SLACK = 3.0, 0.2  # p99 during a fault <= 3 x baseline p99 + 200 ms (generous on 2 shared cores)
 FAULTS = ("storage-latency", "storage-down", "storage-hang", "storage-reset", "postgres-stop")
+MIN_LATENCY_MS, MAX_LATENCY_MS = 300, 5000  # the storage latency injected, scaled to the baseline
+
+
+def storage_latency_ms(facts: Facts) -> int:
+    """The latency to inject: 3x the baseline's p99 delivery latency, 300 ms at least (5 s at most).
+
+    A broker that writes before it fans out is slow at baseline too when storage is its bottleneck
+    (every publish queues behind an INSERT); a fixed 300 ms would hide under that, and the
+    availability checker's ceiling (a delivery as slow as the injected latency waited on storage)
+    applies only to a latency well above the baseline. So the fault grows with what the broker
+    under test showed, whatever its speed or the machine's load.
+    """
+    lat = samples(facts).latency
+    done = lat[np.isfinite(lat)]
+    if not len(done):
+        return MIN_LATENCY_MS
+    return int(min(MAX_LATENCY_MS, max(MIN_LATENCY_MS, math.ceil(3000 * float(np.percentile(done, 99))))))
 
 
 async def storage_faults(lab: Lab, nemesis: Nemesis) -> list[Verdict]:
@@ -45,8 +67,14 @@ async def storage_faults(lab: Lab, nemesis: Nemesis) -> list[Verdict]:
     for c in (*subs, pub):
         await c.start()
     tasks = await publish_paced(pub, TOPIC, per_phase, rate)  # baseline
+    base = published_ids(await answers(tasks))
+    await settle(lab.history, subs, base, timeout=30)  # the baseline in, to size the latency fault
+    latency_ms = storage_latency_ms(Facts(lab.history))
+    lab.notes["storage_latency_ms"] = latency_ms
     for name in FAULTS:
-        fault = nemesis.fault(name)
+        fault = (
+            nemesis.fault(name, latency_ms=latency_ms) if name == "storage-latency" else nemesis.fault(name)
+        )
         why = fault.unsupported(lab)
         if why is not None:
             lab.notes.setdefault("unsupported", []).append(f"{name}: {why}")
