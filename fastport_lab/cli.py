@@ -8,6 +8,7 @@ so this module only maps names to entry points and imports them lazily (a
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -19,13 +20,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gate": ("fastport_lab.gate:main", "run the chaos suites and gate on their verdicts (exit 0/1/2/3)"),
     "soak": ("fastport_lab.soak:main", "a hundred seeded fault cycles under steady traffic, judged"),
     "load": ("fastport_lab.load:main", "Locust load with a fault schedule during it, judged by the checkers"),
-    "mutants": ("fastport_lab.mutants:main", "the lab's mutation matrix: its kill rate on a foreign broker"),
+    "mutants": (
+        "fastport_lab.mutants:main",
+        "the seeded bugs (foreign mutants, reference flaws): the kill rate",
+    ),
 }
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "broker": ("chaos.bench.broker:main", "broker throughput and latency beside a bare websockets relay"),
     "proxy": ("chaos.bench.proxy:main", "fault-proxy overhead beside a direct connection"),
     "load": ("chaos.load.bench:main", "deliveries/s the Locust rig drives, beside the lean client"),
 }
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a tool ended by its reader leaving exits with
 
 
 def _usage() -> str:
@@ -43,24 +48,36 @@ def _call(target: str, argv: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = _dispatch(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return code
+    except KeyboardInterrupt:
+        print("fastport-lab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `fastport-lab mutants --help | head`: the reader left; say nothing more (no traceback), and
+        # point stdout at /dev/null so that the interpreter's own flush at exit does not complain.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _dispatch(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
     name, rest = args[0], args[1:]
-    try:
-        if name == "bench":
-            if not rest or rest[0] not in BENCHMARKS:
-                print(f"fastport-lab bench: choose one of {', '.join(BENCHMARKS)}", file=sys.stderr)
-                return 2
-            return _call(BENCHMARKS[rest[0]][0], rest[1:])
-        if name not in COMMANDS:
-            print(f"fastport-lab: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+    if name == "bench":
+        if not rest or rest[0] not in BENCHMARKS:
+            print(f"fastport-lab bench: choose one of {', '.join(BENCHMARKS)}", file=sys.stderr)
             return 2
-        return _call(COMMANDS[name][0], rest)
-    except KeyboardInterrupt:
-        print("fastport-lab: interrupted", file=sys.stderr)
-        return 130
+        return _call(BENCHMARKS[rest[0]][0], rest[1:])
+    if name not in COMMANDS:
+        print(f"fastport-lab: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    return _call(COMMANDS[name][0], rest)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from chaos.config import BACKENDS, INTENSITIES, LabConfig, LabConfigError
+from fastport_lab.args import LabArgumentParser, parse_or_exit_code
 from fastport_lab.signals import interrupt_on_signals
 from fastport_lab.suite_runner import (
     DEFAULT_SUITES,
@@ -44,16 +45,11 @@ CONFIG_NAME = "gate.toml"  # read from the current directory when --config is no
 
 
 class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would exit 2, which means "unknown" here
-        raise UsageError(message)
+    """A bad option value found after parsing (a runner spec, a broker command): exit 3."""
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = LabArgumentParser(
         prog="fastport-lab gate",
         description="Run the chaos suites and gate on their verdicts "
         "(exit 0 pass, 1 violated, 2 unknown, 3 environment error).",
@@ -189,8 +185,10 @@ def main(argv: Sequence[str] | None = None, *, runner: SuiteRunner | None = None
 
 
 def _main(argv: list[str], runner: SuiteRunner | None) -> int:
+    args = parse_or_exit_code(parser(), argv)
+    if isinstance(args, int):  # --help, or a usage error (exit 3: 2 means "unknown" here)
+        return args
     try:
-        args = parser().parse_args(argv)
         config = gate_config(args)
         if args.from_dir:
             from reports.build import rebuild

@@ -1,12 +1,20 @@
-"""``fastport-lab mutants``: the lab's own mutation matrix, all of it, with the live display and the report.
+"""``fastport-lab mutants``: the lab's seeded bugs, all of them, with the live display and the report.
 
-The foreign broker (``tests/foreign``: an independent implementation of
-PROTOCOL.md) must pass every chaos suite, and each of its seeded bugs must be
-caught by the checker named for it (``tests/foreign/mutants.py``). The summary
-and the HTML report give the kill rate beside the reference broker's flaws.
+Two matrices run in one pytest run, so that the kill rate of the summary and the
+HTML report covers every seeded bug the lab has:
+
+* the mutation matrix (``tests/foreign/test_matrix.py --mutants``): the foreign
+  broker, an independent implementation of PROTOCOL.md, must pass every chaos
+  suite, and each of its seeded bugs (``tests/foreign/mutants.py``) must be
+  caught by the checker named for it;
+* the flaw matrix (the ``flaws`` suite, ``scenarios/test_flaw_matrix.py``): each
+  ``--flaw`` of the reference broker must be caught the same way.
+
 It needs a checkout of fastport-lab: the foreign broker is test code, not
 installed. Options as ``fastport-lab run`` (``--intensity``, ``--out``,
-``--no-live``...); exit codes as the gate's.
+``--no-live``, ``--pytest-arg``...), in any order; more scenario names or pytest
+paths run beside the matrices (``fastport-lab mutants --no-live crash``). Exit
+codes as the gate's (a usage error is 3).
 """
 
 from __future__ import annotations
@@ -17,11 +25,13 @@ from collections.abc import Sequence
 
 from chaos.config import ROOT
 from fastport_lab import run
+from fastport_lab.suite_runner import SuiteRunner
 
 MATRIX = ROOT / "tests" / "foreign" / "test_matrix.py"
+FLAWS = "flaws"  # the suite name of scenarios.test_flaw_matrix (chaos.suites.SUITES)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, runner: SuiteRunner | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
@@ -34,7 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 3
     os.chdir(ROOT)  # `python -m tests.foreign` and its conftest live in the checkout
-    return run.main([str(MATRIX.relative_to(ROOT)), "--pytest-arg=--mutants", *argv])
+    # run parses intermixed: the user's options and scenario names may come in any order after these.
+    matrices = [str(MATRIX.relative_to(ROOT)), FLAWS, "--pytest-arg=--mutants"]
+    return run.main([*matrices, *argv], runner=runner, prog="fastport-lab mutants")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from chaos.progress import ENV as PROGRESS_ENV
 from chaos.progress import ProgressReader
 from chaos.suites import ALIASES, SUITES
 from chaos.supervisor import scratch_dir
+from fastport_lab.args import LabArgumentParser, parse_or_exit_code
 from fastport_lab.gate import UsageError, execute, gate_config
 from fastport_lab.gate import parser as gate_parser
 from fastport_lab.signals import interrupt_on_signals
@@ -41,23 +42,26 @@ STATUS_STYLE = {"pass": "green", "fail": "red", "unknown": "yellow", "error": "r
 
 
 def suite_paths(names: Sequence[str]) -> list[str]:
-    """Map suite names to their modules (run with --pyargs, from any directory), or keep a pytest path."""
-    paths = []
+    """Map suite names to their modules (run with --pyargs, from any directory), or keep a pytest path.
+
+    A suite named twice (``crash fmea3``) runs once.
+    """
+    paths: dict[str, None] = {}
     for name in names:
         key = ALIASES.get(name, name)
         if key in SUITES:
-            paths.append(SUITES[key].module)
+            paths[SUITES[key].module] = None
         elif Path(name.split("::")[0]).exists():
-            paths.append(name)
+            paths[name] = None
         else:
             choices = ", ".join([*SUITES, *ALIASES])
             raise UsageError(f"unknown scenario {name!r}: choose from {choices}, or give a pytest path")
-    return paths
+    return list(paths)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="fastport-lab run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def build_parser(prog: str = "fastport-lab run") -> argparse.ArgumentParser:
+    p = LabArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
         "scenarios",
@@ -180,13 +184,18 @@ def summary(console: Console, report: RunReport) -> None:
         console.print(f"pytest output: {report.run_dir / 'pytest.log'}")
 
 
-def main(argv: Sequence[str] | None = None, *, runner: SuiteRunner | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, *, runner: SuiteRunner | None = None, prog: str = "fastport-lab run"
+) -> int:
+    """*prog* names the command in usage errors (``fastport-lab mutants`` runs through here too)."""
     with interrupt_on_signals():
-        return _main(list(sys.argv[1:] if argv is None else argv), runner)
+        return _main(list(sys.argv[1:] if argv is None else argv), runner, prog)
 
 
-def _main(argv: list[str], runner: SuiteRunner | None) -> int:
-    args = build_parser().parse_args(argv)
+def _main(argv: list[str], runner: SuiteRunner | None, prog: str = "fastport-lab run") -> int:
+    args = parse_or_exit_code(build_parser(prog), argv, intermixed=True)
+    if isinstance(args, int):  # --help, or a usage error (exit 3: 2 means "unknown" here)
+        return args
     console = Console()
     try:
         gate_args = gate_parser().parse_args([])

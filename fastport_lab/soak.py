@@ -30,6 +30,7 @@ from chaos.postgres import PostgresEnvError
 from chaos.runner import run_scenario
 from chaos.suites.soak import SoakPlan, soak_scenario
 from chaos.supervisor import scratch_dir
+from fastport_lab.args import LabArgumentParser, parse_or_exit_code
 from fastport_lab.gate import CONFIG_NAME
 from fastport_lab.signals import interrupt_on_signals
 from reports.build import finish
@@ -40,7 +41,7 @@ CYCLE_BUDGET_S = 30.0  # the scenario's hang timeout grows with the cycles asked
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = LabArgumentParser(
         prog="fastport-lab soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--cycles", type=int, default=100, help="fault cycles (default 100)")
@@ -86,7 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_or_exit_code(build_parser(), argv)
+    if isinstance(args, int):  # --help, or a usage error (exit 3: 2 means "unknown" here)
+        return args
     console = Console()
     if args.cycles < 1 or args.per_cycle < 1:
         console.print("[red]fastport-lab soak:[/] --cycles and --per-cycle must be at least 1")
