@@ -10,7 +10,6 @@ takes the recorder's results, judges them and writes the folder. HTML comes from
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,7 +184,11 @@ def run_summary(results: Mapping[str, Any], folder: Path) -> dict[str, Any]:
 
 
 def write_runs_index(runs_root: Path) -> Path:
-    """``<runs_root>/../index.html`` (reports/index.html by default): past runs, newest first, a trend."""
+    """``<runs_root>/index.html`` (reports/runs/index.html by default): past runs, newest first, a trend.
+
+    Inside the runs root, beside the run folders it lists: a root of one's own (``--out /tmp/x``) gets
+    its own index, and nothing is written outside the folder the user named.
+    """
     runs: list[dict[str, Any]] = []
     broken: list[str] = []
     for folder in sorted((p for p in runs_root.iterdir() if p.is_dir()), reverse=True)[:MAX_RUNS_LISTED]:
@@ -196,13 +199,12 @@ def write_runs_index(runs_root: Path) -> Path:
         except RunFormatError as exc:
             broken.append(str(exc))
     plots.copy_plotly_js(runs_root)
-    index = runs_root.parent / "index.html"
-    rel = os.path.relpath(runs_root, index.parent)
+    index = runs_root / "index.html"
     trend = plots.to_json(plots.trend_figure(list(reversed(runs)))) if runs else "null"
     html = (
         _env()
         .get_template("runs.html.j2")
-        .render(runs=runs, broken=broken, rel=rel, trend_json=trend, plotly_js=f"{rel}/{plots.PLOTLY_JS}")
+        .render(runs=runs, broken=broken, trend_json=trend, plotly_js=plots.PLOTLY_JS)
     )
     _atomic_write(index, html)
     return index

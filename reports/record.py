@@ -12,8 +12,8 @@ The scenario side calls one small interface and knows nothing of HTML::
 (the history as recorded, re-checkable later) and, for the run,
 ``results.json`` (verdicts with evidence, phase metrics, timeline, environment,
 seed, the command that reproduces it, the gate's outcome), ``junit.xml``,
-``index.html`` and ``plotly.min.js`` (so the report opens offline). The parent of
-the runs folder gets ``index.html``, the list of past runs with a trend.
+``index.html`` and ``plotly.min.js`` (so the report opens offline). The runs
+folder itself gets ``index.html``, the list of past runs with a trend.
 
 The history is reduced to a bounded timeline when it is added
 (``reports.timeline``), so the recorder holds bounded data however long the

@@ -37,7 +37,7 @@ def open_pages(chromium, *pages):
 def test_run_report_and_runs_index_render(chromium, runs_root):
     report = record_mixed_run(runs_root)
     shot = report.run_dir / "screenshot.png"
-    index = runs_root.parent / "index.html"
+    index = runs_root / "index.html"
     run_page, index_page = open_pages(chromium, (report.html, shot), (index, runs_root / "index.png"))
 
     assert run_page.console_errors == [] and run_page.external_requests == []

@@ -150,15 +150,18 @@ def test_runs_index_lists_past_runs_with_a_trend(runs_root):
     rec2 = RunRecorder(runs_root, run_id="20260103T000000Z-cccc")
     rec2.add_scenario("fmea1", 1, storage_run(), storage_verdicts(storage_run()))
     finish(rec2)
-    index = runs_root.parent / "index.html"
+    index = runs_root / "index.html"  # inside the runs root: `--out /tmp/x` writes /tmp/x/index.html
+    assert not (runs_root.parent / "index.html").exists()
     html = index.read_text()
     assert (
         html.index("20260103T000000Z-cccc")
         < html.index("20260102T000000Z-bbbb")
         < html.index("20260101T000000Z-aaaa")
     )
-    assert 'href="runs/20260102T000000Z-bbbb/index.html"' in html
-    assert 'src="runs/plotly.min.js"' in html and (runs_root / "plotly.min.js").is_file()
+    assert 'href="20260102T000000Z-bbbb/index.html"' in html
+    assert 'src="plotly.min.js"' in html and (runs_root / "plotly.min.js").is_file()
+    run_page = (runs_root / "20260102T000000Z-bbbb" / "index.html").read_text()
+    assert '<a href="../index.html">all runs</a>' in run_page
     assert "junk/results.json: unreadable" in html
     assert '"trend": {' in html
 
