@@ -6,9 +6,10 @@ deliveries (or, with ``require_order=True``, any per-publisher reordering is
 seen). The ratio judged counts only deliveries of a message its subscriber had
 already acked: a retry of an unacked delivery is the broker keeping its
 at-least-once promise (a subscriber that acks late or never gets one every
-backoff, as PROTOCOL.md says), not waste; all repeats are counted beside it. Order is judged on first deliveries only: for each (recipient,
-publisher), a message delivered after one its publisher invoked later is an
-inversion.
+backoff, as PROTOCOL.md says), not waste; all repeats are counted beside it.
+
+Order is judged on first deliveries only: for each (recipient, publisher), a
+message delivered after one its publisher invoked later is an inversion.
 """
 
 from __future__ import annotations

@@ -9,6 +9,18 @@ again after the restart (otherwise the pair is counted as unverifiable). The
 evidence gives, per crash, ``redelivery_s``: from the restart to the last
 redelivery of an owed pair (the gate's ``max_hydration_s`` reads it).
 
+Dead letters: PROTOCOL.md lets a broker stop retrying a pair after its max
+attempts and dead-letter it; a dead letter is not outstanding, so a restarted
+broker need not send it again. The lab cannot read a broker's max attempts, so
+it takes them from what the broker did: a pair that had already been delivered
+as often before the crash as any delivery of the run ever was (the highest
+``attempt`` seen, when that is at least 3: a short run where everything was
+retried once shows no cap) may have been dead-lettered, and is counted
+(``pairs_possibly_dead_lettered``), not judged. Limits: a broker that retries
+without a cap has its few most-retried pairs excused too; one that dead-letters
+after fewer than 3 attempts, or by a TTL shorter than the run, is held to
+redeliver them.
+
 Replayed on subscribe (PROTOCOL.md section 2: ``subscribed``, then every
 outstanding delivery): an owed pair redelivered more than ``replay_grace``
 seconds after its recipient subscribed again, and after that recipient already
@@ -37,6 +49,7 @@ from chaos.history import FaultWindow, History
 HYDRATION = "hydration"
 NO_ZOMBIE = "no-zombie"
 REPLAY_GRACE_S = 1.0
+MIN_CAP = 3  # the fewest attempts taken for a broker's max attempts (see "Dead letters")
 
 
 def _crashes(facts: Facts, crash_faults: Collection[str] | None) -> list[FaultWindow]:
@@ -106,8 +119,10 @@ def check_hydration(
             **ev,
         )
     expected = 0
-    missing, unverifiable, late = _Listed(), _Listed(), _Listed()
+    missing, unverifiable, late, dead = _Listed(), _Listed(), _Listed(), _Listed()
     not_landed = []
+    attempts = _attempts(facts)
+    top = int(attempts.max()) if len(attempts) else -1  # the most attempts the broker ever made
     published = facts.published_mask[facts.pair_msg]
     persisted = facts.msg_persisted[facts.pair_msg]
     acked = facts.pair_ack
@@ -125,6 +140,13 @@ def check_hydration(
             continue
         restart = w.end if w.end is not None else facts.end
         owed = np.flatnonzero(published & (persisted <= w.start) & ~(acked <= w.start))
+        if top >= MIN_CAP:  # pairs retried as often as the broker ever retried: maybe dead letters
+            before = facts.dv_time < w.start
+            most = np.full(facts.n_groups, -1, np.int64)
+            np.maximum.at(most, facts.dv_group[before], attempts[before])
+            capped = take(most, facts.pair_group[owed], -1) >= top
+            dead.add(facts, w, owed, capped)
+            owed = owed[~capped]
         subs = facts.pair_sub[owed]
         resub = np.array([_nan(iv.first_ok_since(restart)) for iv in facts.sub_intervals])
         resub_at = resub[subs] if len(resub) else np.empty(0)
@@ -162,6 +184,9 @@ def check_hydration(
         not_replayed_on_subscribe=late.rows,
         pairs_unverifiable=unverifiable.count,
         unverifiable=unverifiable.rows,
+        max_attempt_seen=top,
+        pairs_possibly_dead_lettered=dead.count,
+        possibly_dead_lettered=dead.rows,
     )
     if missing.count:
         p = missing.rows[0]
@@ -204,6 +229,24 @@ def check_hydration(
         f"after {len(crashes)} crash(es).",
         **ev,
     )
+
+
+def _attempts(facts: Facts) -> np.ndarray:
+    """The ``attempt`` of each delivery (``dv_*`` order); -1 where none was recorded."""
+    cols = facts.history.columns("deliver")
+    rows = facts.dv_rows
+    out = np.full(len(rows), -1, np.int64)
+    if cols.has("v.attempt"):
+        a = cols["v.attempt"][rows].astype(np.int64)
+        out = np.where(a > 0, a, -1)
+    if cols.has("value"):  # values the columns could not hold are kept whole beside their row
+        xrefs = cols["value"][rows]
+        for j in np.flatnonzero(xrefs >= 0).tolist():
+            v = cols.sides[int(xrefs[j])]
+            a = v.get("attempt") if isinstance(v, dict) else None
+            if type(a) is int and a > 0:
+                out[j] = a
+    return out
 
 
 def _nan(x: float | None) -> float:

@@ -51,6 +51,22 @@ def test_hydration_fails_with_the_missing_pairs():
     assert "m3 -> s1" in v.summary and "before kill" in v.summary
 
 
+def test_a_pair_retried_as_often_as_any_may_be_a_dead_letter():
+    """m3 got the most attempts the broker ever made before the kill: maybe dead-lettered, not owed."""
+    b = _crash_run(redeliver=("m2", "m4"))
+    b.deliver("s1", "t", "m3", 1.6, attempt=2)
+    v = check_hydration(b.build())  # the most attempts seen is 2: no cap shown, m3 still owed
+    assert v.status == "fail" and v.evidence["pairs_possibly_dead_lettered"] == 0
+    b.deliver("s1", "t", "m3", 1.7, attempt=3)
+    v = check_hydration(b.build())
+    assert v.status == "pass", v.summary
+    assert v.evidence["max_attempt_seen"] == 3 and v.evidence["pairs_possibly_dead_lettered"] == 1
+    assert v.evidence["possibly_dead_lettered"][0]["id"] == "m3"
+    b.deliver("s1", "t", "m2", 3.5, attempt=4)  # another pair went further: m3 was not capped
+    v = check_hydration(b.build())
+    assert v.status == "fail" and v.evidence["missing"][0]["id"] == "m3"
+
+
 def test_hydration_unknown_cases():
     assert "no crash fault window" in check_hydration(steady(5).build()).summary
     v = check_hydration(_crash_run(kill_evidence={}).build())
