@@ -5,7 +5,7 @@ a baseline phase, a fault phase and a recovery phase driven on the lab, then the
 checkers that judge what its clients recorded. :func:`run_scenario` gives it a
 fresh :class:`~chaos.environment.Lab` for the broker command in a
 :class:`~chaos.environment.LabConfig`, always tears the lab down, writes the
-history (JSON lines) and the verdicts into a run folder, and returns a
+history (JSON lines, compact when big) and the verdicts into a run folder, and returns a
 :class:`ScenarioResult`. The pytest tests are thin wrappers around it that call
 :func:`assert_all_pass`, whose message tells a new user which invariant failed,
 when, why, and where the history is.
@@ -31,6 +31,24 @@ from chaos.history import History
 from chaos.nemesis import Nemesis
 
 Scenario = Callable[[Lab, Nemesis], Awaitable[list[Verdict]]]
+
+# A load run's history holds millions of events: as JSON lines that is a gigabyte and a minute to write
+# and to read again, so a history file over this many events is compact (History.write, .npz).
+COMPACT_OVER = 200_000
+HISTORY_FILES = ("history.jsonl", "history.npz")  # JSON lines (small: for people to read), compact
+
+
+def history_file_name(history: History) -> str:
+    """``history.npz`` for a history of over :data:`COMPACT_OVER` events, else ``history.jsonl``."""
+    return HISTORY_FILES[1] if len(history) > COMPACT_OVER else HISTORY_FILES[0]
+
+
+def find_history_file(folder: Path) -> Path:
+    """The history file of a scenario folder, in either format; FileNotFoundError names the folder."""
+    for name in HISTORY_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"{folder}: no history file ({' or '.join(HISTORY_FILES)})")
 
 
 @dataclass
@@ -112,9 +130,14 @@ def assert_all_pass(result: ScenarioResult) -> None:
 
 
 def write_scenario_folder(result: ScenarioResult) -> None:
-    """``history.jsonl`` and ``verdicts.json`` (verdicts, meta, notes) in the scenario's folder."""
+    """The history (``history.jsonl``, or ``history.npz`` when big: :func:`history_file_name`) and
+    ``verdicts.json`` (verdicts, meta, notes, the history's file name) in the scenario's folder."""
     result.run_dir.mkdir(parents=True, exist_ok=True)
-    result.history.write(result.run_dir / "history.jsonl")
+    name = history_file_name(result.history)
+    for other in HISTORY_FILES:  # a folder written again must not keep a stale history of the other format
+        if other != name:
+            (result.run_dir / other).unlink(missing_ok=True)
+    result.history.write(result.run_dir / name)
     body = {
         "scenario": result.name,
         "broker_cmd": result.config.broker_cmd,
@@ -122,6 +145,7 @@ def write_scenario_folder(result: ScenarioResult) -> None:
         "duration_s": round(result.duration, 3),
         "error": result.error,
         "ok": result.ok,
+        "history": name,
         **result.meta,
         "verdicts": [v.to_dict() for v in result.verdicts],
         "notes": result.notes,

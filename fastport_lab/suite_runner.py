@@ -10,9 +10,9 @@ missing, nothing collected, a hang); the gate exits 3 then.
 scenarios`` by default, so it works from any directory where fastport-lab is
 installed, or your own test paths) in a child process group with ``--run-dir``
 pointing at a temporary folder, then reads back what the lab's fixtures wrote
-there: one folder per scenario with ``history.jsonl`` and ``verdicts.json``
-(verdicts, the pytest node id, the FMEA mode and, for the flaw matrix, which
-checker had to fail).
+there: one folder per scenario with its history, ``verdicts.json`` (verdicts,
+the pytest node id, the FMEA mode and, for the flaw matrix, which checker had to
+fail) and the broker logs, all kept in the run folder.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.history import History, HistoryFormatError
+from chaos.runner import HISTORY_FILES, find_history_file
 from chaos.supervisor import Child, scratch_dir
 from reports.record import RunRecorder
 
@@ -68,13 +69,20 @@ SCENARIO_META = ("nodeid", "flaw", "mutant", "expect", "schedule", "seed", "repr
 
 
 def ingest_scenario_dirs(root: Path, recorder: RunRecorder) -> int:
-    """Record each scenario folder under *root* (``verdicts.json`` + ``history.jsonl``); returns how many."""
+    """Record each scenario folder under *root*; returns how many.
+
+    A folder holds ``verdicts.json``, the history (``history.jsonl``, or ``history.npz`` when big) and
+    the broker logs (``broker-N.log``): the logs, and any other ``*.log`` of the folder, are copied into
+    the run folder with the history, since *root* is a scratch dir that is removed after the run.
+    """
     n = 0
     for vfile in sorted(root.rglob("verdicts.json"), key=lambda p: p.stat().st_mtime):
         folder = vfile.parent
         try:
             body = json.loads(vfile.read_text(encoding="utf-8"))
-            history = History.read(folder / "history.jsonl")
+            named = body.get("history")
+            path = folder / named if named in HISTORY_FILES else find_history_file(folder)
+            history = History.read(path)
         except (OSError, json.JSONDecodeError, HistoryFormatError) as exc:
             raise EnvironmentProblem(f"unreadable scenario output in {folder}: {exc}") from None
         name = str(body.get("scenario") or folder.name)
@@ -94,6 +102,7 @@ def ingest_scenario_dirs(root: Path, recorder: RunRecorder) -> int:
             meta,
             error=body.get("error"),
             duration=body.get("duration_s"),
+            files=sorted(folder.glob("*.log")),
         )
         n += 1
     return n

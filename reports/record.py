@@ -9,7 +9,8 @@ The scenario side calls one small interface and knows nothing of HTML::
     sys.exit(report.exit_code)
 
 ``reports/runs/<run-id>/`` then holds, per scenario, ``<slug>/history.jsonl``
-(the history as recorded, re-checkable later) and, for the run,
+(the history as recorded, re-checkable later; ``history.npz``, compact, when it
+is big) and the broker logs, and, for the run,
 ``results.json`` (verdicts with evidence, phase metrics, timeline, environment,
 seed, the command that reproduces it, the gate's outcome), ``junit.xml``,
 ``index.html`` and ``plotly.min.js`` (so the report opens offline). The runs
@@ -28,6 +29,7 @@ import json
 import re
 import secrets
 import shlex
+import shutil
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,6 +44,7 @@ from chaos.checkers.isolation import NAME as ISOLATION
 from chaos.checkers.recovery import NAME as RECOVERY
 from chaos.checkers.startup import NAME as STARTUP
 from chaos.history import History
+from chaos.runner import HISTORY_FILES, history_file_name
 from reports import timeline
 from reports.envinfo import environment
 
@@ -155,6 +158,7 @@ class RunRecorder:
         *,
         error: str | None = None,
         duration: float | None = None,
+        files: Iterable[str | Path] = (),
     ) -> dict[str, Any]:
         """Record one scenario: its history (written now), verdicts, and metadata.
 
@@ -163,7 +167,13 @@ class RunRecorder:
         command), ``flaw`` and ``expect`` (a flaw-matrix run: the ``--flaw`` and the checker that
         must fail), ``schedule`` and ``seed`` (a generated fault schedule), ``broker_cmd``,
         ``store``, ``notes``, ``reproduce`` (an explicit command). *error*: the scenario itself
-        broke (hang, launch failure); its verdicts may then be partial.
+        broke (hang, launch failure); its verdicts may then be partial. *files* (the broker logs) are
+        copied into the scenario's folder, where the report links them.
+
+        The history is written as JSON lines (``history.jsonl``), or compact (``history.npz``) when it
+        holds over ``chaos.runner.COMPACT_OVER`` events: a load run's millions would take a minute and
+        a gigabyte as JSON lines. ``results.json`` names the file (``history``); ``History.read`` reads
+        either.
         """
         if not isinstance(name, str) or not name:
             raise ValueError(f"scenario name must be a non-empty string, got {name!r}")
@@ -173,6 +183,11 @@ class RunRecorder:
             raise RuntimeError("the run is finished; start a new RunRecorder")
         vs = [_verdict_dict(v) for v in verdicts]
         meta = json.loads(json.dumps(dict(meta or {}), default=repr))
+        files = [Path(f) for f in files]
+        names = [f.name for f in files]
+        clash = [n for i, n in enumerate(names) if n in HISTORY_FILES or n in names[:i]]
+        if clash:
+            raise ValueError(f"files {clash}: the scenario folder holds one file of each name, history too")
         with self._lock:
             base = s = slug(name)
             n = 1
@@ -182,7 +197,10 @@ class RunRecorder:
             self._slugs.add(s)
         folder = self.run_dir / s
         folder.mkdir()
-        history.write(folder / "history.jsonl")
+        history_name = history_file_name(history)
+        history.write(folder / history_name)
+        for f in files:
+            shutil.copyfile(f, folder / f.name)
         facts = Facts(history)
         broker_cmd = meta.get("broker_cmd", self.broker_cmd)
         store = meta.get("store", self.store)
@@ -190,7 +208,8 @@ class RunRecorder:
             "name": name,
             "slug": s,
             "fmea": _fmea_of(fmea, vs),
-            "history": f"{s}/history.jsonl",
+            "history": f"{s}/{history_name}",
+            "logs": [f"{s}/{name}" for name in names],
             "events": len(history),
             "duration_s": None if duration is None else round(duration, 3),
             "error": error,
@@ -223,6 +242,8 @@ class RunRecorder:
             "scenario_dir": str(getattr(result, "run_dir", "")) or None,
         }
         m.update(meta or {})
+        run_dir = getattr(result, "run_dir", None)
+        logs = sorted(Path(run_dir).glob("*.log")) if run_dir else []  # gone already after a pass
         return self.add_scenario(
             result.name,
             fmea,
@@ -231,6 +252,7 @@ class RunRecorder:
             m,
             error=getattr(result, "error", None),
             duration=getattr(result, "duration", None),
+            files=logs,
         )
 
     def results(self, environment_error: str | None = None) -> dict[str, Any]:
