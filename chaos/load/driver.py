@@ -197,7 +197,7 @@ class LabSide:
     slow: list[Subscriber] = field(default_factory=list)
     probe: Publisher | None = None
     bulk: Publisher | None = None
-    probe_ids: list[str] = field(default_factory=list)
+    probe_tasks: list[asyncio.Task[PublishAnswer]] = field(default_factory=list)
     bulk_tasks: list[asyncio.Task[PublishAnswer]] = field(default_factory=list)
 
     @property
@@ -245,8 +245,7 @@ async def _during(step: Step, side: LabSide, lab: Lab, end: float) -> None:
     kind = _target_kind(step.name)
     if kind == "link" and side.probe is not None:
         n = max(1, int((end - time.time()) * PROBE_RATE))
-        results = await publish_paced(side.probe, side.linked[0].topics[0], n, PROBE_RATE, None, timeout=30)
-        side.probe_ids += published_ids(results)
+        side.probe_tasks += await publish_paced(side.probe, side.linked[0].topics[0], n, PROBE_RATE, None, 30)
     elif kind == "slow" and side.bulk is not None:
         side.bulk_tasks += await publish_paced(
             side.bulk, BULK_TOPIC, BIG_MESSAGES, 60.0, lambda _i: incompressible(BIG_BYTES), 60
@@ -332,13 +331,13 @@ def load_scenario(plan: LoadPlan, on_event: Callable[[str, dict[str, Any]], None
         merged = History.merge([lab.history, *workers])
         lab.history = merged  # the run folder and the report get all of it
         facts = Facts(merged)
-        figures = phase_figures.figures(merged, facts, t0=t0, end=t0 + plan.seconds)
+        targets = sorted(s.client_id for s in side.all)
+        figures = phase_figures.figures(merged, facts, t0=t0, end=t0 + plan.seconds, targets=targets)
         lab.notes["load"]["phases"] = figures["phases"]
         lab.notes["load"]["series"] = figures["series"]
         lab.notes["load"]["totals"] = figures["totals"]
         with contextlib.suppress(OSError, ValueError):
             lab.notes["load"]["summary"] = json.loads((plan.artifacts / "summary.json").read_text())
-        targets = sorted(s.client_id for s in side.all)
         return [
             check_at_least_once(facts),
             *_fault_checks(facts, plan.schedule, lab.config.durable),
@@ -380,8 +379,9 @@ def _fault_checks(facts: Facts, schedule: Schedule, durable: bool) -> list[Verdi
 
 async def _settle_lab_side(lab: Lab, side: LabSide) -> None:
     """The lab's own subscribers get what was sent to them before they are judged."""
-    if side.linked and side.probe_ids:
-        await settle(lab.history, side.linked, side.probe_ids, timeout=30)
+    if side.linked and side.probe_tasks:
+        probes = published_ids(await asyncio.gather(*side.probe_tasks))
+        await settle(lab.history, side.linked, probes, timeout=30)
     if side.bulk_tasks:
         big = published_ids(await asyncio.gather(*side.bulk_tasks))
         await settle(lab.history, side.slow, big, timeout=30)

@@ -21,6 +21,7 @@ charts.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,12 @@ from chaos.history import FAIL, History
 
 NAME = "load-figures"
 PERCENTILES = (50, 90, 99)
+
+
+def _codes(history: History, clients: Collection[str]) -> np.ndarray:
+    """The history's string codes of *clients* (those it holds)."""
+    codes = [history.code(c) for c in clients]
+    return np.array([c for c in codes if c >= 0], np.int64)
 
 
 def _ms(x: float) -> float:
@@ -92,9 +99,15 @@ def phase_spans(history: History, t0: float, end: float) -> list[dict[str, Any]]
     return out
 
 
-def figures(history: History, facts: Facts, *, t0: float, end: float) -> dict[str, Any]:
+def figures(
+    history: History, facts: Facts, *, t0: float, end: float, targets: Collection[str] = ()
+) -> dict[str, Any]:
     """``{"phases": [...], "series": {...}, "totals": {...}}`` of a merged load history whose load
-    ran from *t0* to *end* (what is published later, in the drain, counts in the last phase)."""
+    ran from *t0* to *end* (what is published later, in the drain, counts in the last phase).
+
+    Push latency is that of everyone but *targets*, the subscribers the faults were aimed at (a
+    blackholed subscriber's deliveries are late by design; the isolation checker judges the rest).
+    """
     spans = phase_spans(history, t0, end)
     edges = np.array([s["start"] for s in spans[1:]])
 
@@ -117,6 +130,8 @@ def figures(history: History, facts: Facts, *, t0: float, end: float) -> dict[st
     g_phase = m_phase[g_msg[g_ok]]
     g_latency = facts.dg_first_time[g_ok] - facts.msg_invoke[g_msg[g_ok]]
     g_dups = facts.dg_count[g_ok] - 1
+    aimed = _codes(history, targets)
+    g_healthy = ~np.isin(facts.dv_client[facts.dg_first][g_ok], aimed)
     lost_msg = facts.pair_msg[facts.pair_group < 0]
     dv_ok = facts.dv_msg >= 0
     dv_in = phase_of(facts.dv_time[dv_ok])
@@ -155,28 +170,35 @@ def figures(history: History, facts: Facts, *, t0: float, end: float) -> dict[st
             "duplicates": int(duplicates[i]),
             "lost": int(lost[i]),
             "deliveries_per_s": round(float(arrived[i]) / seconds, 1),
-            "push": _latency(g_latency[g_phase == i]),
+            "push": _latency(g_latency[(g_phase == i) & g_healthy]),
         }
         phases.append(row)
     return {
         "phases": phases,
-        "series": series(facts, t0, max(end, float(facts.dv_time.max()) if len(facts.dv_time) else end)),
+        "series": series(
+            facts, t0, max(end, float(facts.dv_time.max()) if len(facts.dv_time) else end), aimed
+        ),
         "totals": {
             "messages": int(facts.n_messages),
             "deliveries": int(dv_ok.sum()),
             "duplicates": int(g_dups.sum()),
             "lost": int(len(lost_msg)),
-            "push": _latency(g_latency),
+            "push": _latency(g_latency[g_healthy]),
             "seconds": round(end - t0, 3),
         },
     }
 
 
-def series(facts: Facts, t0: float, end: float, step: float = 1.0) -> dict[str, Any]:
-    """Per *step* seconds from *t0*: deliveries and publishes a second, push p50/p99 of the deliveries."""
+def series(
+    facts: Facts, t0: float, end: float, aimed: np.ndarray | None = None, step: float = 1.0
+) -> dict[str, Any]:
+    """Per *step* seconds from *t0*: deliveries and publishes a second, push p50/p99 of the deliveries
+    (to everyone but the *aimed* client codes)."""
     buckets = max(1, int(np.ceil((end - t0) / step)))
     g_msg = facts.dv_msg[facts.dg_first]
     ok = g_msg >= 0
+    if aimed is not None and len(aimed):
+        ok &= ~np.isin(facts.dv_client[facts.dg_first], aimed)
     t = facts.dg_first_time[ok]
     lat = t - facts.msg_invoke[g_msg[ok]]
     b = np.clip(((t - t0) // step).astype(np.int64), 0, buckets - 1)
