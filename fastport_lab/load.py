@@ -36,6 +36,7 @@ from chaos.load.schedule import NAMED, ScheduleError, resolve
 from chaos.postgres import PostgresEnvError
 from chaos.runner import run_scenario
 from chaos.supervisor import ChildStartError, scratch_dir
+from fastport_lab.args import LabArgumentParser, parse_or_exit_code
 from fastport_lab.gate import CONFIG_NAME
 from fastport_lab.signals import interrupt_on_signals
 from reports.build import finish
@@ -44,7 +45,7 @@ from reports.record import DEFAULT_ROOT, RunRecorder
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = LabArgumentParser(
         prog="fastport-lab load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = p.add_argument
@@ -83,8 +84,11 @@ def _config(path: str | None) -> GateConfig:
     return load_config(local) if local.is_file() else GateConfig()
 
 
+LOAD_FAMILIES = ("storage", "subscriber", "process")  # input and port faults are the suites' own
+
+
 def _fault_params() -> dict[str, list[str]]:
-    return {c["name"]: c["params"] for c in REGISTRY.catalogue()}
+    return {c["name"]: c["params"] for c in REGISTRY.catalogue() if c["family"] in LOAD_FAMILIES}
 
 
 def _list_faults(console: Console) -> None:
@@ -92,6 +96,8 @@ def _list_faults(console: Console) -> None:
     for col in ("name", "family", "parameters", "what it does"):
         t.add_column(col)
     for c in REGISTRY.catalogue():
+        if c["family"] not in LOAD_FAMILIES:
+            continue
         params = [p for p in c["params"] if p not in ("sub", "subs", "burst")]
         t.add_row(c["name"], c["family"], ", ".join(params) or "-", c["summary"])
     console.print(t)
@@ -153,7 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_or_exit_code(build_parser(), argv)
+    if isinstance(args, int):  # --help, or a usage error (exit 3: 2 means "unknown" here)
+        return args
     console = Console()
     if args.list_faults:
         _list_faults(console)

@@ -146,7 +146,7 @@ def locust_command(plan: LoadPlan, host: str) -> list[str]:
         "--fp-rate", f"{plan.rate:g}", "--fp-payload-size", str(plan.payload_size),
         "--fp-ack-mix", plan.ack_mix, "--fp-publishers", str(plan.publishers),
         "--fp-topics", str(plan.topics), "--fp-topic-prefix", "load",
-        "--fp-drain-timeout", f"{plan.drain_timeout:g}", "--stop-timeout", f"{plan.drain_timeout + 10:g}",
+        "--fp-drain-timeout", f"{plan.drain_timeout:g}", "--stop-timeout", "0",  # drained before the stop
     ]  # fmt: skip
     if plan.web:
         cmd += ["--autostart", "--autoquit", f"{plan.web_linger:g}", "--web-host", "127.0.0.1"]
