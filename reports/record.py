@@ -102,13 +102,19 @@ def _fmea_of(fmea: int | str | None, verdicts: Iterable[Mapping[str, Any]]) -> i
 
 
 def reproduce_scenario(meta: Mapping[str, Any], broker_cmd: str | None, store: str | None) -> str | None:
-    """A command that reruns one scenario: given in meta, or pytest on its node id with the same broker."""
+    """A command that reruns one scenario: given in meta, or pytest on its node id with the same broker.
+
+    A generated schedule (meta ``schedule``) is replayed with ``--schedule`` on its test module, not
+    its node id: the generated test skips itself when a schedule is given, and the module's replay
+    test runs exactly that schedule, whatever the seed it was drawn with.
+    """
     if meta.get("reproduce"):
         return str(meta["reproduce"])
     nodeid = meta.get("nodeid")
     if not nodeid:
         return None
-    args = ["./lab", "test", str(nodeid)]
+    target = str(nodeid).split("::")[0] if meta.get("schedule") is not None else str(nodeid)
+    args = ["./lab", "test", target]
     if broker_cmd:
         args += ["--broker-cmd", broker_cmd]
     if store:

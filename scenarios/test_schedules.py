@@ -1,6 +1,8 @@
 """Generated fault schedules (Hypothesis): random mixes of faults and workload, shrunk on failure.
 
-Reproducible: examples are derandomized (the same schedules on every run and in CI).
+Reproducible: examples are derandomized (the same schedules on every run and in CI),
+unless ``FASTPORT_LAB_SEED`` (``fastport-lab run / gate --seed N``) gives the draw a
+seed: other schedules, the same ones for the same seed (recorded in each scenario's meta).
 As many are drawn as the intensity says (12 at ``default``, 60 at ``heavy``);
 ``FASTPORT_LAB_SCHEDULE_EXAMPLES`` overrides it. A failure
 prints the smallest failing schedule and the command that replays it::
@@ -14,16 +16,18 @@ strategy are :mod:`chaos.suites.schedules`.
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, given, note, seed, settings
 
 from chaos.config import REFERENCE_BROKER_CMD
 from chaos.runner import ScenarioResult
 from chaos.suites.schedules import (
+    ENV_SEED,
     ScheduleError,
     label,
     parse_schedule,
     replay_command,
     schedule_scenario,
+    seed_from_env,
     steps_strategy,
 )
 
@@ -55,10 +59,15 @@ def _judge(result: ScenarioResult, steps, lab_config) -> None:
 def test_generated_schedules(run_lab, lab_config, request):
     if request.config.getoption("--schedule") or os.environ.get("FASTPORT_LAB_SCHEDULE"):
         pytest.skip("replaying one given schedule instead (test_replay_schedule)")
+    try:
+        drawn_with = seed_from_env()
+    except ScheduleError as exc:
+        pytest.fail(f"bad {ENV_SEED}: {exc}", pytrace=False)
+    meta = {} if drawn_with is None else {"seed": drawn_with}
 
     @settings(
         max_examples=examples(lab_config),
-        derandomize=True,
+        derandomize=drawn_with is None,
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
@@ -67,10 +76,10 @@ def test_generated_schedules(run_lab, lab_config, request):
     @given(steps=steps_strategy(lab_config.durable))
     def check(steps):
         note(f"replay: {_replay(steps, lab_config)}")
-        result = run_lab(schedule_scenario(steps), name=label(steps), meta={"schedule": steps})
+        result = run_lab(schedule_scenario(steps), name=label(steps), meta={"schedule": steps, **meta})
         _judge(result, steps, lab_config)
 
-    check()
+    (check if drawn_with is None else seed(drawn_with)(check))()
 
 
 @pytest.mark.integration

@@ -19,6 +19,9 @@ Steps (``n`` is how many messages are published during the step)::
 Older schedules (``storage``/``fault``, ``cut``, ``slow``, ``pause``, ``kill``) are
 read too.
 
+The draws are derandomized (the same schedules on every run) unless
+``FASTPORT_LAB_SEED`` (``fastport-lab run --seed N``) seeds them: :func:`seed_from_env`.
+
 The strategy is weighted towards what finds bugs: every schedule starts with a
 baseline burst (so latency has something to be compared with), subscriber
 ``s2`` never acks (so a kill always leaves deliveries owed), kills are drawn
@@ -34,7 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shlex
+from collections.abc import Mapping
 from typing import Any
 
 from hypothesis import strategies as st
@@ -92,6 +97,21 @@ def schedulable() -> list[str]:
 
 class ScheduleError(ValueError):
     """A schedule given by the user is malformed; the message names the step."""
+
+
+ENV_SEED = "FASTPORT_LAB_SEED"  # exported by `fastport-lab run / gate --seed N`
+
+
+def seed_from_env(environ: Mapping[str, str] | None = None) -> int | None:
+    """The Hypothesis seed the schedules are drawn with (``FASTPORT_LAB_SEED``), or None: derandomized,
+    the same schedules on every run, which CI wants; a seed draws other ones, reproducibly."""
+    text = (os.environ if environ is None else environ).get(ENV_SEED, "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ScheduleError(f"{ENV_SEED} must be an integer (the --seed of run/gate), got {text!r}") from None
 
 
 def steps_strategy(durable: bool, max_steps: int = 4) -> st.SearchStrategy[list[dict[str, Any]]]:
