@@ -32,6 +32,9 @@ Fixtures:
                           it, with the evidence, unless every applicable one passed.
 ``run_lab``               ``run_lab(scenario) -> ScenarioResult``: run a built-in style
                           scenario function on a fresh lab in its own event loop (sync tests).
+``record_scenario``       ``record_scenario(lab, verdicts, duration=S) -> ScenarioResult``:
+                          keep a lab the test drove itself as the test's scenario (its
+                          folder, for the gate and the report), as ``lab`` does.
 
 Async tests that use ``lab`` or ``nemesis`` are run by pytest-asyncio without a
 marker of their own.
@@ -183,6 +186,29 @@ def run_lab(
         return run_scenario(scenario, lab_session, config or lab_config, name=name, meta=m)
 
     return run
+
+
+@pytest.fixture
+def record_scenario(request: pytest.FixtureRequest) -> Callable[..., ScenarioResult]:
+    """``record_scenario(lab, verdicts, *, duration, error=None, meta=None) -> ScenarioResult``.
+
+    For a test that runs a :class:`Lab` of its own (the protocol fuzzer keeps one in a thread of its
+    own): without a scenario folder the gate and the report never see the test's verdicts.
+    """
+
+    def record(
+        lab: Lab,
+        verdicts: list[Verdict],
+        *,
+        duration: float,
+        error: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> ScenarioResult:
+        m = {"nodeid": request.node.nodeid, "fmea": _fmea(request.node), **(meta or {})}
+        run_dir = scenario_folder(lab.session, lab.name)
+        return finish_scenario(lab, list(verdicts), run_dir=run_dir, duration=duration, error=error, meta=m)
+
+    return record
 
 
 @pytest_asyncio.fixture

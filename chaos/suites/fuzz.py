@@ -23,6 +23,10 @@ The oracle (:func:`judge_answer`) holds each answer to PROTOCOL.md:
 After each example the broker must still be alive (``/healthz``) and a
 bystander subscriber must still get its messages. A failing example is shrunk by
 Hypothesis and printed as the list of frames that broke the broker.
+
+The run is one verdict, :func:`fuzz_verdict` (``fuzz-answers``), recorded with
+the scenario like every suite's, so the gate and the report see it: how many
+frames and examples were sent, and on a failure the shrunk frame list and why.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hypothesis import strategies as st
+
+from chaos.checkers.verdict import Verdict, failed, passed, unknown
 
 TOPIC_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,256}")
 TYPES = ("subscribe", "unsubscribe", "publish", "ack", "ping")
@@ -235,3 +241,50 @@ def judge_answer(case: Case, answer: Answer) -> str | None:
         if code not in codes:
             return f"error code {code!r}, expected one of {sorted(codes)}"
     return None
+
+
+FUZZ_ANSWERS = "fuzz-answers"  # the verdict's name
+
+
+@dataclass
+class FuzzFailure:
+    """The example Hypothesis failed on last: after shrinking, the smallest one that still fails."""
+
+    frames: list[Case]
+    why: str
+    failed_at: int | None = None  # index of the frame whose answer was wrong; None: the check after them
+
+
+def fuzz_verdict(sent: int, examples: int, planned: int, failure: FuzzFailure | None) -> Verdict:
+    """The fuzzing run as a verdict: pass when every frame was answered right, with the counts as evidence.
+
+    *sent* frames in *examples* examples run (shrinking a failure runs more), of *planned*. On a failure
+    the evidence holds the shrunk example's frames (each as the test printed it) and why it failed.
+    """
+    evidence: dict[str, Any] = {
+        "frames_sent": sent,
+        "examples_run": examples,
+        "examples_planned": planned,
+        "frames_per_example": round(sent / examples, 2) if examples else None,
+    }
+    if failure is not None:
+        frames = [repr(c) for c in failure.frames]
+        n = len(frames)
+        at = failure.failed_at
+        where = f"after its {n} frame(s)" if at is None else f"frame {at + 1} of {n}"
+        return failed(
+            FUZZ_ANSWERS,
+            f"a generated example broke the protocol: {failure.why} ({where} of the shrunk example)",
+            **evidence,
+            failing_frames=frames,
+            failed_at=failure.failed_at,
+            why=failure.why,
+        )
+    if not sent:
+        return unknown(FUZZ_ANSWERS, "no frame was sent: nothing was shown", **evidence)
+    return passed(
+        FUZZ_ANSWERS,
+        f"all {sent} generated frames ({examples} examples) were answered as PROTOCOL.md says; after "
+        "each example a bystander still got its message and /healthz answered 200",
+        **evidence,
+    )
