@@ -65,7 +65,7 @@ from chaos.workload import incompressible, publish_paced, published_ids, settle
 
 LOCUSTFILE = Path(__file__).with_name("lab_locustfile.py")
 LINK_TOPIC_INDEX = 0  # the lab's linked subscribers share the first load topic with Locust's
-BULK_TOPIC = "lab.load.bulk"  # large messages to the stalled readers only
+BULK_TOPIC = "lab.load.bulk"  # large messages to the stalled readers only, to fill their buffers
 PROBE_RATE = 50.0  # the lab's probe publishes a second in a subscriber fault's window
 BIG_MESSAGES, BIG_BYTES = 120, 64 << 10  # towards stalled readers: more than socket buffers hold
 START_TIMEOUT = 120.0  # Locust's import, fork and first spawn; only a hang takes longer
@@ -211,7 +211,9 @@ async def _lab_side(lab: Lab, plan: LoadPlan) -> LabSide:
     for i in range(plan.targets("link")):
         side.linked.append(await lab.linked_subscriber(f"lab-link-{i}", [topic]))
     for i in range(plan.targets("slow")):
-        side.slow.append(lab.subscriber(f"lab-slow-{i}", [BULK_TOPIC], rcvbuf=64 << 10))
+        # On a load topic too: a fan-out that waits for a stalled reader holds up the Locust
+        # subscribers of the same messages (and a publisher that waits on its fan-out, all of them).
+        side.slow.append(lab.subscriber(f"lab-slow-{i}", [topic, BULK_TOPIC], rcvbuf=64 << 10))
     if side.linked:
         side.probe = lab.publisher("lab-probe")
     if side.slow:
