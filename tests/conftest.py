@@ -28,6 +28,18 @@ import pytest
 from chaos.postgres import EmbeddedPostgres, PostgresServer, find_binaries, postgres_from_env
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--mutants",
+        action="store_true",
+        help="run the whole mutation matrix (tests/foreign) and the load runs against each mutant (tests/load)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "mutants: the slow part of the mutation matrix (run with --mutants)")
+
+
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PostgresServer]:
     with postgres_from_env() as server:
