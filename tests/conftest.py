@@ -32,7 +32,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--mutants",
         action="store_true",
-        help="run the whole mutation matrix (tests/foreign) and the load runs against each mutant (tests/load)",
+        help="the whole mutation matrix (tests/foreign) and the load runs against each mutant (tests/load)",
     )
 
 

@@ -10,7 +10,8 @@ SPEC keys:
 
 * ``cmd``, ``env``, ``cwd``: the lab command;
 * ``ready``: what must be running before the blow: ``processes`` (substrings of
-  command lines that must each be among the lab's descendants) and ``files``
+  command lines that must each be among the lab's descendants; one listed n
+  times must match n processes) and ``files``
   (glob patterns, relative to ``ready_root``, that must exist);
 * ``how``: ``SIGKILL``, ``SIGTERM``, ``SIGINT``, ``SIGABRT`` (to the pid),
   ``SIGINT-group`` (to its process group) or ``ctrl-c`` (the ^C byte typed into
@@ -152,8 +153,9 @@ def main(spec_path: str) -> int:
         def is_ready() -> bool:
             if exited() is not None:
                 raise RuntimeError("the lab command exited before it was ready")
-            running = " | ".join(children_of(pid).values())
-            procs = all(p in running for p in ready.get("processes", []))
+            running = list(children_of(pid).values())
+            wanted = ready.get("processes", [])  # a substring listed n times: n processes must match
+            procs = all(sum(p in c for c in running) >= wanted.count(p) for p in wanted)
             files = all(glob.glob(os.path.join(root, f), recursive=True) for f in ready.get("files", []))
             return procs and files
 

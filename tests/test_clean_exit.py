@@ -42,13 +42,28 @@ def leftovers(tmp: Path) -> list[str]:
     return sorted(str(p.relative_to(tmp)) for p in tmp.iterdir())
 
 
-def die(tmp_path: Path, cmd: list[str], how: str, *, files: tuple[str, ...] = (), **spec: object) -> dict:
+def die(
+    tmp_path: Path,
+    cmd: list[str],
+    how: str,
+    *,
+    files: tuple[str, ...] = (),
+    processes: tuple[str, ...] = tuple(LAB_RUNNING),
+    **spec: object,
+) -> dict:
     """Run *cmd* under the watcher, end it *how*, and return the watcher's report."""
     # PostgreSQL runs as an unprivileged user when the lab is root: its dir must be reachable.
     lab_tmp = Path(tempfile.mkdtemp(prefix="exit-watch-"))
     lab_tmp.chmod(0o711)
     try:
-        return _die(tmp_path, lab_tmp, cmd, how, files, spec)
+        return _die(
+            tmp_path,
+            lab_tmp,
+            cmd,
+            how,
+            files,
+            {"ready": {"processes": list(processes), "files": list(files)}, **spec},
+        )
     finally:
         shutil.rmtree(lab_tmp, ignore_errors=True)
 
@@ -65,7 +80,6 @@ def _die(tmp_path: Path, lab_tmp: Path, cmd: list[str], how: str, files: tuple[s
             "COLUMNS": "200",
         },
         "how": how,
-        "ready": {"processes": LAB_RUNNING, "files": list(files)},
         "ready_root": str(lab_tmp),
         "output": str(tmp_path / "output.log"),
         "timeout": 120,
@@ -109,6 +123,18 @@ def test_fastport_lab_soak_leaves_nothing_running(tmp_path: Path, how: str) -> N
     report = die(tmp_path, cmd, how)
     assert_clean(report)
     if how == "ctrl-c":
+        assert report["exit"] == 3, report["output"][-3000:]
+        assert "interrupted" in report["output"]
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "ctrl-c"])
+def test_fastport_lab_load_leaves_nothing_running(tmp_path: Path, how: str) -> None:
+    """Locust's master and its forked workers go with the lab too (their group is the reaper's)."""
+    cmd = [*FASTPORT_LAB, "load", "--faults", "none", "--users", "10", "--processes", "2",
+           "--duration", "120", "--out", str(tmp_path / "runs")]  # fmt: skip
+    report = die(tmp_path, cmd, how, processes=(*LAB_RUNNING, "locust", "locust", "locust"))
+    assert_clean(report)
+    if how != "SIGKILL":
         assert report["exit"] == 3, report["output"][-3000:]
         assert "interrupted" in report["output"]
 

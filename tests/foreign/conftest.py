@@ -1,1 +1,1 @@
-"""The mutation matrix's switch, ``--mutants``, is registered in tests/conftest.py (tests/load uses it too)."""
+"""``--mutants`` (the whole mutation matrix) is registered in tests/conftest.py: tests/load uses it too."""
