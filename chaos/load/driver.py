@@ -70,6 +70,7 @@ PROBE_RATE = 50.0  # the lab's probe publishes a second in a subscriber fault's 
 BIG_MESSAGES, BIG_BYTES = 120, 64 << 10  # towards stalled readers: more than socket buffers hold
 START_TIMEOUT = 120.0  # Locust's import, fork and first spawn; only a hang takes longer
 WORKER_GRACE = 30.0  # Locust's master does not wait for its forked workers; they write their histories
+HISTORY_TIMEOUT = 60.0  # after Locust exited, for the workers' history files
 WAIT_FOR_WORKERS = 24 * 3600.0  # a master waiting for workers of other machines (or a web UI) waits
 FIGURES = "load-figures"
 
@@ -273,6 +274,28 @@ async def _inject(nemesis: Nemesis, step: Step, side: LabSide, lab: Lab, t0: flo
     return row
 
 
+def expected_histories(plan: LoadPlan) -> int:
+    """History files a complete run leaves: one per worker, and the master's (or the only process's)."""
+    workers = plan.expect_workers or (plan.processes if plan.processes > 1 else 0)
+    return workers + 1
+
+
+async def _all_histories(plan: LoadPlan, timeout: float = HISTORY_TIMEOUT) -> None:
+    """Wait until every Locust process wrote its history (workers on other machines write theirs to a
+    shared folder when the master quits them: later than the master's exit); a missing one is an error,
+    since a run judged without a worker's observations would judge half of it."""
+    folder, want = plan.artifacts / "histories", expected_histories(plan)
+    deadline = time.monotonic() + timeout
+    while len(list(folder.glob("*.npz"))) < want:
+        if time.monotonic() > deadline:
+            got = len(list(folder.glob("*.npz")))
+            raise RuntimeError(
+                f"only {got} of {want} Locust processes wrote their history to {folder} within {timeout:g}s "
+                "(a worker crashed, or a remote worker's --fp-history-dir is not this folder)"
+            )
+        await asyncio.sleep(0.1)  # files of other processes, possibly other machines: nothing to wait on
+
+
 def _read_worker_histories(folder: Path) -> tuple[list[History], list[str]]:
     histories, problems = [], []
     for path in sorted(folder.glob("*.npz")):
@@ -324,6 +347,7 @@ def load_scenario(plan: LoadPlan, on_event: Callable[[str, dict[str, Any]], None
         lab.notes["load"]["locust_exit_code"] = locust.returncode
         lab.notes["load"]["locust_stderr_tail"] = list(locust.stderr_lines)[-20:]
         await _settle_lab_side(lab, side)
+        await _all_histories(plan)
         workers, problems = _read_worker_histories(plan.artifacts / "histories")
         if problems or not workers:
             raise RuntimeError(
