@@ -117,7 +117,10 @@ def _message_id(value: object, ref: Any) -> str:
 _PLAIN_ACK = re.compile(r'\{"type": ?"ack", ?"id": ?"([^"\\\x00-\x1f]{1,' + str(MAX_ID_LEN) + r'})"\}')
 
 
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # the only way JSON text spells a surrogate
+# A surrogate escape not part of a pair: the only way JSON text spells a lone surrogate. (An escaped
+# backslash before "ud800" matches too; _encodable then says it is fine.)
+_HIGH, _LOW = r"\\u[dD][89abAB][0-9a-fA-F]{2}", r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+_LONE_SURROGATE = re.compile(f"{_HIGH}(?!{_LOW})|(?<!{_HIGH}){_LOW}")
 
 
 def _encodable(obj: Any) -> bool:
@@ -141,7 +144,7 @@ def parse(data: str | bytes, max_frame: int = DEFAULT_MAX_FRAME) -> ClientFrame:
         obj = _decode(data)
     except (ValueError, RecursionError) as exc:
         raise FrameError(BAD_REQUEST, f"not JSON: {exc}") from None
-    if _SURROGATE_ESCAPE.search(data) is not None and not _encodable(obj):
+    if "\\" in data and _LONE_SURROGATE.search(data) is not None and not _encodable(obj):
         # json accepts a lone surrogate escape ("\\ud800"); no UTF-8 frame or store row can carry it.
         raise FrameError(BAD_REQUEST, "a string holds a lone UTF-16 surrogate: not Unicode text")
     if not isinstance(obj, dict):
