@@ -7,7 +7,3 @@ fastport-lab registers (``chaos.plugin``, the ``pytest11`` entry point), so a
 user's repository gets exactly what this one uses. The lab's own tests add
 their PostgreSQL fixtures in ``tests/conftest.py``.
 """
-
-# TEMPORARY while parallel worktrees share this checkout's editable install: the plugin is
-# loaded here instead of through the entry point (restored before landing).
-pytest_plugins = ("chaos.plugin",)
