@@ -99,7 +99,9 @@ def check_duplicates(
         for g, a in zip(late[:MAX_LISTED].tolist(), after[:MAX_LISTED].tolist(), strict=True)
     ]
     acked = facts.dg_ack[facts.dv_group]  # when each delivery's (subscriber, message) was first acked
-    after_ack = int(np.count_nonzero(facts.dv_time > acked))  # NaN (never acked) compares False
+    redelivered = facts.dv_time > acked  # NaN (never acked) compares False
+    redelivered[facts.dg_first] = False  # a first delivery is never a redelivery, even after an early ack
+    after_ack = int(np.count_nonzero(redelivered))
     ratio = after_ack / total if total else 0.0
     ev = {
         "deliveries": total,

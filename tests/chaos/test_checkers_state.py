@@ -172,6 +172,19 @@ def test_retries_before_an_ack_are_at_least_once_not_duplicates():
     assert check_duplicates(b.build(), max_duplicate_ratio=0.2).status == "pass"
 
 
+def test_an_ack_before_the_first_delivery_makes_no_redelivery():
+    """A first delivery that lands after an early (or forged) ack is not a duplicate; its retry is."""
+    b = Builder()
+    b.connect("s1", 0.0).sub("s1", "t", 0.01).connect("p", 0.0).pub("p", "t", "m", 0.5)
+    b.ack("s1", "t", "m", 0.6).deliver("s1", "t", "m", 1.0)
+    v = check_duplicates(b.build(), max_duplicate_ratio=0.0)
+    assert v.status == "pass" and v.evidence["redelivered_after_ack"] == 0
+    b.deliver("s1", "t", "m", 2.0, attempt=2)
+    v = check_duplicates(b.build(), max_duplicate_ratio=0.0)
+    assert v.status == "fail" and v.evidence["redelivered_after_ack"] == 1
+    assert "worst: m delivered 2 times to s1" in v.summary
+
+
 def test_order_inversions_reported_and_optionally_judged():
     b = steady(5, subs=("s1",))
     b.drop("s1", "deliver", "p-1").deliver("s1", "t", "p-1", 1.35)  # after p-2 and p-3
