@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "proxy": ("chaos.bench.proxy:main", "fault-proxy overhead beside a direct connection"),
     "load": ("chaos.load.bench:main", "deliveries/s the Locust rig drives, beside the lean client"),
 }
+EXIT_USAGE = 3  # the gate's "the lab could not run": a typo in a CI script must not read as a verdict
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a tool ended by its reader leaving exits with
 
 
@@ -76,7 +77,7 @@ def _dispatch(args: list[str]) -> int:
         return _call(BENCHMARKS[rest[0]][0], rest[1:])
     if name not in COMMANDS:
         print(f"fastport-lab: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     return _call(COMMANDS[name][0], rest)
 
 

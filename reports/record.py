@@ -125,7 +125,10 @@ def reproduce_scenario(meta: Mapping[str, Any], broker_cmd: str | None, store: s
 
 
 class RunRecorder:
-    """Collects a run's scenarios and writes the run folder on :meth:`finish`. Thread-safe."""
+    """Collects a run's scenarios; ``reports.build.finish`` judges them and writes the run folder.
+
+    Thread-safe.
+    """
 
     def __init__(
         self,

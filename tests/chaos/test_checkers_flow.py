@@ -50,6 +50,22 @@ def test_availability_fails_when_deliveries_stop_during_fault():
     assert "never arrived (first: p-25 -> s2)" in v.summary
 
 
+def test_availability_pools_topics_too_small_to_judge_alone():
+    """Twenty slow topics of three deliveries each: no topic alone has min_samples, together they fail."""
+    b = Builder().connect("s1", 0.0).connect("p", 0.0)
+    topics = [f"t{i}" for i in range(20)]
+    for t in topics:
+        b.sub("s1", t, 0.01)
+    for i in range(40):  # baseline on t0: 10 ms
+        b.pub("p", "t0", f"b-{i}", 0.1 + i / 20).deliver("s1", "t0", f"b-{i}", 0.11 + i / 20)
+    for i, t in enumerate(topics * 3):  # during the fault: 900 ms on every topic
+        b.pub("p", t, f"w-{i}", 3.0 + i / 60).deliver("s1", t, f"w-{i}", 3.9 + i / 60)
+    v = check_availability(b.fault("storage-slow", 3.0, 5.0, **STORAGE).build())
+    assert v.status == "fail", v.summary
+    assert "on 20 small topics pooled was 900.0 ms" in v.summary
+    assert v.evidence["windows"][0]["by_topic"]["20 small topics pooled"]["samples"] == 60
+
+
 def test_availability_bound_is_configurable():
     slow = {"s1": 0.04, "s2": 0.04}
     h = steady(60, slow=slow, slow_between=(3.0, 5.0)).fault("storage-down", 3.0, 5.0, **STORAGE).build()
