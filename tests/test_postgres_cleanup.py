@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 
 from chaos.postgres import EmbeddedPostgres, PostgresEnvError
+from chaos.postgres.watchdog import wait_gone
 from tests.footprint import Footprint
 
 pytestmark = pytest.mark.integration
@@ -75,6 +76,26 @@ def test_kill_leaves_nothing_outside_the_temp_dir(owned: tuple[EmbeddedPostgres,
     observe(pg, fp)
     pg.kill()
     assert fp.leftovers() == []
+
+
+def test_kill_reclaims_a_backend_orphaned_before_the_kill(owned: tuple[EmbeddedPostgres, Footprint]) -> None:
+    """A backend no longer the postmaster's child (forked as the server was killed, reparented) still
+    holds the SysV segment: kill() finds it by its mapping and kills it, so nothing is left."""
+    pg, fp = owned
+    observe(pg, fp)
+    loop = asyncio.new_event_loop()
+    conn = loop.run_until_complete(asyncpg.connect(pg.dsn(), timeout=10))
+    try:
+        backend = loop.run_until_complete(conn.fetchval("SELECT pg_backend_pid()"))
+        os.kill(backend, signal.SIGSTOP)  # stays attached, and cannot notice its postmaster died
+        assert pg.pid is not None
+        os.kill(pg.pid, signal.SIGKILL)  # the backend is reparented: no longer a descendant
+        pg.kill()
+        assert fp.leftovers() == []
+        assert wait_gone([backend], 5.0) == []  # killed (a zombie until init reaps it counts as gone)
+    finally:
+        conn.terminate()
+        loop.close()
 
 
 def test_stop_start_kill_restart_cycles_leave_nothing(owned: tuple[EmbeddedPostgres, Footprint]) -> None:

@@ -504,6 +504,6 @@ class EmbeddedPostgres(PostgresServer):
         self._proc = None
         if self.data_dir is not None:
             # children of a postmaster killed by someone else die on their own, shortly: wait for them
-            release_shared_memory(self.data_dir, proc.pid, wait=5.0)
+            release_shared_memory(self.data_dir, proc.pid, wait=5.0, kill_attached=1.0)
         if self._watchdog is not None:
             self._watchdog.watch(0)

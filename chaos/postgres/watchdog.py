@@ -35,6 +35,7 @@ here, so the watchdog starts fast and never imports the lab (asyncpg, psutil).
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import signal
@@ -236,8 +237,29 @@ def remove_segment(shmid: int) -> bool:
     return libc.shmctl(ctypes.c_int(shmid), ctypes.c_int(IPC_RMID), None) == 0
 
 
+def attached_pids(shm_key: int) -> list[int]:
+    """Processes that map the SysV segment of ``shm_key`` (``/SYSV%08x`` in /proc/PID/maps)."""
+    name = f"/SYSV{shm_key % (1 << 32):08x}"
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/maps") as f:
+                if name in f.read():
+                    pids.append(int(entry))
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return pids
+
+
 def release_shared_memory(
-    data_dir: str | os.PathLike[str], pid: int, *, wait: float = 0.0, force: bool = False
+    data_dir: str | os.PathLike[str],
+    pid: int,
+    *,
+    wait: float = 0.0,
+    force: bool = False,
+    kill_attached: float | None = None,
 ) -> list[int]:
     """Remove the SysV segment of the dead postmaster ``pid`` on ``data_dir``; return the shmids removed.
 
@@ -246,12 +268,17 @@ def release_shared_memory(
     ``postmaster.pid`` names and that ``pid`` created counts, so another server's never does. While
     processes are attached it is PostgreSQL's guard against two servers on one data dir: it is kept
     (after waiting up to ``wait`` seconds for them to go) unless ``force`` (the data dir is being
-    removed anyway; the kernel frees it when the last one detaches).
+    removed anyway; the kernel frees it when the last one detaches). With ``kill_attached`` (seconds),
+    processes still attached that long after the call are SIGKILLed: only a process forked from
+    that postmaster inherits the segment, so they are the dead server's orphans (a backend forked
+    as it was killed), which would otherwise keep it, and the data dir locked, until they notice.
     """
     info = read_pidfile(data_dir)
     if info is None or info.pid != pid or info.shm_id is None or info.shm_key is None:
         return []
-    deadline = time.monotonic() + wait
+    start = time.monotonic()
+    deadline = start + wait
+    next_kill = start + kill_attached if kill_attached is not None else math.inf
     while True:
         seg = sysv_segments().get(info.shm_id)
         # key_t is 32 bits: postmaster.pid prints it unsigned, /proc signed
@@ -259,7 +286,12 @@ def release_shared_memory(
             return []
         if seg.nattch == 0 or force:
             break
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= next_kill:
+            next_kill = now + 0.2  # a scan of every process's maps: not at the polling rate
+            for orphan in attached_pids(info.shm_key):
+                _signal(orphan, signal.SIGKILL)
+        if now >= deadline:
             return []
         time.sleep(0.01)  # polling: the kernel has no event for "the last process detached"
     return [info.shm_id] if remove_segment(info.shm_id) else []
