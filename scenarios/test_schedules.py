@@ -55,7 +55,7 @@ def _judge(result: ScenarioResult, steps, lab_config) -> None:
 
 @pytest.mark.integration
 @pytest.mark.fmea("schedules")
-@pytest.mark.timeout(900)  # passing takes ~15 s; shrinking a failure runs many more schedules
+@pytest.mark.timeout(900)  # passing takes ~20 s; shrinking a failure: ~20 more runs (5 min cap)
 def test_generated_schedules(run_lab, lab_config, request):
     if request.config.getoption("--schedule") or os.environ.get("FASTPORT_LAB_SCHEDULE"):
         pytest.skip("replaying one given schedule instead (test_replay_schedule)")

@@ -200,6 +200,10 @@ def schedule_scenario(steps: list[dict[str, Any]]):
         for c in (s1, s2, pub):
             await c.start()
         ids: list[str] = []
+        # ids whose outcome can still come: a crash loses the outcomes of what it interrupted
+        # (PROTOCOL.md sends them on the publishing connection), so waiting for those would only time out
+        unsettled: list[str] = []
+        settled = True  # every step's messages reached both subscribers in time
         killed = False
         hydration_exercised = False  # a kill came after something was published (so persisted)
 
@@ -213,6 +217,7 @@ def schedule_scenario(steps: list[dict[str, Any]]):
         for step in steps:
             op, n = step["op"], step["n"]
             tasks: list = []
+            crashed = False
             if op == "publish":
                 tasks = await publish_paced(pub, TOPIC, n, RATE)
             else:
@@ -222,7 +227,7 @@ def schedule_scenario(steps: list[dict[str, Any]]):
                     lab.notes.setdefault("skipped_steps", []).append(f"{op}: {why}")
                     continue
                 if fault.crash:
-                    await wait_outcomes(lab, pub, ids, timeout=20)
+                    await wait_outcomes(lab, pub, unsettled, timeout=20)
                     if n:  # the kill lands in the middle of a burst
                         tasks = await _kill_mid_burst(lab, nemesis, pub, fault, n)
                     else:
@@ -237,14 +242,17 @@ def schedule_scenario(steps: list[dict[str, Any]]):
                         if n:
                             tasks = await publish_paced(pub, TOPIC, n, RATE)
                 if fault.crash:
-                    killed = True
+                    killed = crashed = True
                     hydration_exercised = hydration_exercised or bool(ids)
                     for s in (s1, s2):
                         await s.wait_subscribed([TOPIC], timeout=30)
                     await pub.wait_connected(timeout=30)
             got = published_ids(await answers(tasks))
             ids += got
-            await settle(lab.history, [s1, s2], got)
+            unsettled = [] if crashed else unsettled + got
+            # once something is overdue the run fails unless the final settle sees it come: later
+            # steps wait less, so a failing schedule (and each of its shrinks) runs in seconds
+            settled = await settle(lab.history, [s1, s2], got, timeout=8.0 if settled else 2.0) and settled
         marker = published_ids([await pub.publish(TOPIC, "end")])  # after any replay on resubscribe
         await settle(lab.history, [s1, s2], ids + marker)
         await s2.ack_all()
