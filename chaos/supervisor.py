@@ -232,6 +232,28 @@ class ChildStartError(RuntimeError):
         )
 
 
+def group_has_live_member(pgid: int) -> bool:
+    """Whether a process of group *pgid* still runs. Zombies do not count: they hold nothing, and
+    they stay until their parent reaps them, which a subreaper or a container's pid 1 may never do
+    (Locust's forked workers become such orphans when their master is killed)."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return True  # no /proc: the group exists (killpg said so), assume it runs
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()  # state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
 _LIVE: set[Child] = set()
 
 
@@ -495,7 +517,7 @@ class Child:
             os.killpg(self._proc.pid, 0)  # type: ignore[union-attr]
         except (ProcessLookupError, PermissionError):
             return False
-        return True
+        return group_has_live_member(self._proc.pid)  # type: ignore[union-attr]
 
     def _monitor(self) -> None:
         assert self._proc is not None

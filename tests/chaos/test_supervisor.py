@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from chaos.config import ROOT
+from chaos.supervisor import group_has_live_member
 
 LAB = textwrap.dedent(
     """
@@ -75,3 +76,22 @@ def test_a_killed_lab_leaves_no_child_and_no_scratch_dir(tmp_path: Path, sig: si
     finally:
         lab.kill()
         lab.wait()
+
+
+def test_a_group_of_zombies_is_not_alive() -> None:
+    """Orphans nobody reaps (a subreaper's, a container pid 1's) must not hold a Child's exit for
+    its whole group grace: a zombie member is a dead one."""
+    live = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    dead = subprocess.Popen(["true"], start_new_session=True)
+    try:
+        assert group_has_live_member(live.pid)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{dead.pid}/stat").read_bytes().split(b") ")[1][:1] != b"Z":
+            assert time.monotonic() < deadline, "`true` never exited"
+            time.sleep(0.01)
+        os.killpg(dead.pid, 0)  # the group still exists for the kernel...
+        assert not group_has_live_member(dead.pid)  # ...but nothing in it runs
+    finally:
+        live.kill()
+        live.wait()
+        dead.wait()
