@@ -1,4 +1,4 @@
-"""The soak, short: a dozen fault cycles under steady traffic (``fastport-lab soak`` runs a hundred).
+"""The soak, short: eight fault cycles under steady traffic (``fastport-lab soak`` runs a hundred).
 
 The scenario is :func:`chaos.suites.soak.soak_scenario`; the seed is fixed, so the
 same faults are drawn on every run (every fault of the menu comes once before any
@@ -12,7 +12,7 @@ import pytest
 from chaos.runner import assert_all_pass
 from chaos.suites.soak import SoakPlan, soak_scenario
 
-CYCLES = int(os.environ.get("FASTPORT_LAB_SOAK_CYCLES", "12"))
+CYCLES = int(os.environ.get("FASTPORT_LAB_SOAK_CYCLES", "8"))
 
 
 @pytest.mark.integration
