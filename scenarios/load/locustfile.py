@@ -9,8 +9,29 @@ subscribe, ten connections to a topic. Tune with the ``--fp-*`` options
 ``--fp-rate 50 --fp-payload-size 1024 --fp-incompressible --fp-ack-mix always=8,late=1,never=1``.
 Locust's own ``--processes K`` and ``--master`` / ``--worker`` work as usual;
 ``--fp-summary FILE`` writes the merged counters and exact percentiles.
+
+Faults are not injected here: they need the lab's control of the broker process,
+PostgreSQL and the fault proxy, which a broker you started yourself does not
+give. The run says so when it starts; ``fastport-lab load`` runs the same users
+with a fault schedule and judges every message.
 """
 
-from chaos.load.users import FastPortPublisher, FastPortSubscriber
+import logging
+
+from locust import events
+
+from chaos.load.users import FastPortPublisher, FastPortSubscriber, is_controller
 
 __all__ = ["FastPortPublisher", "FastPortSubscriber"]
+
+NO_FAULTS = (
+    "fastport: load only, no faults: storage, subscriber-link and process faults need the lab's "
+    "control of the broker, PostgreSQL and the fault proxy; run `fastport-lab load` for a fault "
+    "schedule judged by the lab's checkers"
+)
+
+
+@events.test_start.add_listener
+def _say_faults_are_skipped(environment, **_kwargs) -> None:  # noqa: ANN001
+    if is_controller(environment):
+        logging.getLogger("fastport").warning(NO_FAULTS)
