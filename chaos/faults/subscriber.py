@@ -116,6 +116,7 @@ class _LinkFault(Fault):
     resubscribe_timeout: float = 30.0
     _names: list[str] = field(default_factory=list, init=False, repr=False)
     _t0: float = field(default=0.0, init=False, repr=False)
+    _t_on: float = field(default=0.0, init=False, repr=False)
     _conn0: int = field(default=0, init=False, repr=False)
     _bytes0: int | None = field(default=None, init=False, repr=False)
     _mid: bool | None = field(default=None, init=False, repr=False)
@@ -149,12 +150,14 @@ class _LinkFault(Fault):
         self._mid = (0 < got < len(self.burst)) if self.burst else None
         self._conn0 = self.sub.connections
         self._bytes0 = await self._broker_bytes(lab)
+        # before the toxic goes on: it may cut the connection while add_toxic is still awaiting its answer
+        self._t0 = lab.history.now()
         for kind, stream in self.toxics:
             t = await link.add_toxic(
                 kind, attributes=self.attributes(kind), stream=stream, name=f"lab-{kind}-{stream}"
             )
             self._names.append(t["name"])
-        self._t0 = lab.history.now()
+        self._t_on = lab.history.now()  # every toxic in place: what is published from now on is cut off
         if self.one_shot:
             self._watch = asyncio.create_task(self._take_off_after_cut(lab))
         return {"link": link.name, "burst": len(self.burst), "received_before": got, "mid_fanout": self._mid}
@@ -215,7 +218,7 @@ class LinkBlackhole(_LinkFault):
         invoked_after = {
             ev.id
             for ev in lab.history.by_f("publish", type="invoke")
-            if ev.time > self._t0 and ev.topic in topics
+            if ev.time > self._t_on and ev.topic in topics
         }
         got_during = sum(1 for mid in invoked_after if mid in self.sub.received)
         present, written = await self._heal(lab)
