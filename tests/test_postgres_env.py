@@ -30,6 +30,7 @@ from chaos.postgres import (
     postgres_from_env,
 )
 from tests.footprint import Footprint
+from tests.sigint import sigint_default
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,6 +177,7 @@ def test_no_orphans_when_python_dies(tmp_path: Path, how: str) -> None:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=sigint_default,  # Ctrl-C as in a terminal, also if this run started with SIGINT ignored
     )
     fp = None
     try:

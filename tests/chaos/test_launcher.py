@@ -17,6 +17,7 @@ from chaos.checkers import check_startup
 from chaos.history import History
 from chaos.launcher import BrokerUnderTest, LaunchError, launch, render_command
 from tests.chaos.conftest import BROKER_CMD, ROOT, needs_broker
+from tests.sigint import sigint_default
 
 PY = sys.executable
 
@@ -254,7 +255,10 @@ def test_ctrl_c_while_waiting_for_listening_reaps_the_broker(tmp_path):
         launch([sys.executable, "-c", {hang!r}, {str(pidfile)!r}], ready_timeout=120)
     """)
     )
-    proc = subprocess.Popen([PY, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [PY, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=sigint_default,  # a Ctrl-C reaches it even if this run was started with SIGINT ignored
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
         while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:

@@ -17,6 +17,7 @@ import pytest
 from chaos.launcher import BrokerUnderTest
 from chaos.load.bench import locust_command, locust_env, stop_group
 from tests.load.conftest import HANG, connects_in
+from tests.sigint import sigint_default
 
 pytestmark = pytest.mark.integration
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "scenarios" / "load" / "locustfile.py"
@@ -41,6 +42,7 @@ def test_sigint_stops_master_and_workers(broker: BrokerUnderTest, target: str) -
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=sigint_default,  # Ctrl-C as in a terminal, also if this run started with SIGINT ignored
     )
     lines: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)  # type: ignore[union-attr]
