@@ -31,6 +31,7 @@ from chaos.checkers import (
     check_resurrection,
 )
 from chaos.checkers.hydration import HYDRATION, NO_ZOMBIE
+from chaos.checkers.resurrection import GRACE_S
 from chaos.checkers.resurrection import NAME as RESURRECTION
 from chaos.checkers.verdict import Verdict, not_applicable
 from chaos.clients import Publisher, Subscriber, wait_for
@@ -64,6 +65,11 @@ async def crash_and_restart(lab: Lab, nemesis: Nemesis) -> list[Verdict]:
     await settle(lab.history, [keeper, acker, away], backlog, timeout=30)
     if durable:  # only what the broker said it persisted is owed after the crash
         await wait_outcomes(lab, pub, base + backlog, timeout=60)
+        # The kill must come after acks old enough for the resurrection check (GRACE_S before it):
+        # at small intensities the baseline's are not yet. This paces the suite; it synchronises nothing.
+        acked = [ev.time for ev in lab.history.by_process(acker.client_id) if ev.f == "ack"]
+        if acked:
+            await asyncio.sleep(max(0.0, GRACE_S + 0.3 - (lab.history.now() - acked[0])))
 
     # SIGKILL in the middle of a burst of publishes being persisted.
     first = pub.seq

@@ -66,6 +66,11 @@ def test_flaw_variants_only_for_the_reference_broker():
         LabConfig(broker_cmd=USER_CMD).with_flaw("no-hydrate")
 
 
+def test_the_flaw_matrix_runs_at_default_intensity_or_more():
+    assert LabConfig(intensity="smoke").with_flaw("no-hydrate").intensity == "default"
+    assert LabConfig(intensity="heavy").with_flaw("no-hydrate").intensity == "heavy"
+
+
 def test_dsn_goes_through_the_proxy_keeping_user_and_database():
     dsn = "postgresql://postgres@127.0.0.1:5432/lab_x?sslmode=disable"
     assert _dsn_via(dsn, "127.0.0.1", 4000) == "postgresql://postgres@127.0.0.1:4000/lab_x?sslmode=disable"
