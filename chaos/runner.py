@@ -33,8 +33,10 @@ from chaos.nemesis import Nemesis
 Scenario = Callable[[Lab, Nemesis], Awaitable[list[Verdict]]]
 
 # A load run's history holds millions of events: as JSON lines that is a gigabyte and a minute to write
-# and to read again, so a history file over this many events is compact (History.write, .npz).
-COMPACT_OVER = 200_000
+# and to read again, so a history file over this many events is compact (History.write, .npz: about
+# a sixth of the JSON lines). A suite at default intensity records 20k-60k events (3-10 MB as JSON
+# lines): compact too, so a full `run` folder stays well under 20 MB; small scenarios stay readable.
+COMPACT_OVER = 10_000
 HISTORY_FILES = ("history.jsonl", "history.npz")  # JSON lines (small: for people to read), compact
 
 
