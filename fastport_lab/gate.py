@@ -95,12 +95,16 @@ def resolve_runner(spec: str) -> SuiteRunner:
     return target
 
 
+def config_at(path: str | None) -> GateConfig:
+    """The thresholds of ``--config PATH``, else ``./gate.toml`` if there is one, else the defaults."""
+    if path:
+        return load_config(path)
+    local = Path.cwd() / CONFIG_NAME
+    return load_config(local) if local.is_file() else GateConfig()
+
+
 def gate_config(args: argparse.Namespace) -> GateConfig:
-    if args.config:
-        config = load_config(args.config)
-    else:
-        local = Path.cwd() / CONFIG_NAME
-        config = load_config(local) if local.is_file() else GateConfig()
+    config = config_at(args.config)
     return replace(config, unknown=args.unknown) if args.unknown else config
 
 

@@ -25,22 +25,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from chaos.checkers.verdict import is_not_applicable
 from chaos.config import BACKENDS, LabConfig, LabConfigError
 from chaos.environment import LabSession
 from chaos.faults import REGISTRY
 from chaos.history import History
-from chaos.launcher import LaunchError
 from chaos.load.driver import LoadPlan, load_scenario
 from chaos.load.schedule import NAMED, ScheduleError, resolve
-from chaos.postgres import PostgresEnvError
 from chaos.runner import run_scenario
-from chaos.supervisor import ChildStartError, scratch_dir
+from chaos.supervisor import scratch_dir
 from fastport_lab.args import LabArgumentParser, parse_or_exit_code
-from fastport_lab.gate import CONFIG_NAME
+from fastport_lab.gate import CONFIG_NAME, config_at
 from fastport_lab.signals import interrupt_on_signals
+from fastport_lab.single_run import START_ERRORS, print_verdicts
 from reports.build import finish
-from reports.judge import EXIT_ENV, GateConfig, GateConfigError, load_config
+from reports.judge import EXIT_ENV, GateConfigError
 from reports.record import DEFAULT_ROOT, RunRecorder
 
 
@@ -75,13 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("--list-faults", action="store_true", help="list the faults a schedule may name, and exit")
     add("--no-live", action="store_true", help="no line per fault while it runs")
     return p
-
-
-def _config(path: str | None) -> GateConfig:
-    if path:
-        return load_config(path)
-    local = Path.cwd() / CONFIG_NAME
-    return load_config(local) if local.is_file() else GateConfig()
 
 
 LOAD_FAMILIES = ("storage", "subscriber", "process")  # input and port faults are the suites' own
@@ -174,7 +165,7 @@ def _main(argv: list[str]) -> int:
         lab_config = LabConfig.resolve(
             args.broker_cmd, args.store, backend=args.backend, broker_image=args.broker_image
         )
-        gate_config = _config(args.config)
+        gate_config = config_at(args.config)
         schedule = resolve(args.faults, _fault_params()).fit(args.duration)
     except (LabConfigError, GateConfigError, ScheduleError) as exc:
         console.print(f"[red]fastport-lab load:[/] {escape(str(exc))}")
@@ -234,7 +225,7 @@ def _main(argv: list[str]) -> int:
                 meta={"fmea": "load"}, history=History(clock=time.time),
             )  # fmt: skip
         recorder.add_result(result, fmea="load")
-    except (PostgresEnvError, LaunchError, ChildStartError, OSError) as exc:
+    except START_ERRORS as exc:
         problem = f"the lab could not start: {exc}"
     except KeyboardInterrupt:
         problem = "interrupted (Ctrl-C, SIGTERM) before the load finished"
@@ -243,10 +234,7 @@ def _main(argv: list[str]) -> int:
         load = result.notes.get("load") or {}
         if load.get("phases"):
             console.print(_phase_table(load["phases"]))
-        for v in result.verdicts:
-            status = "n/a" if is_not_applicable(v) else v.status
-            colour = {"pass": "green", "fail": "red", "n/a": "dim"}.get(status, "yellow")
-            console.print(f"[{colour}]{status.upper():7}[/] {escape(v.name)}: {escape(v.summary)}")
+        print_verdicts(console, result.verdicts)
         if result.error:
             console.print(f"[red]the load run did not complete:[/] {escape(result.error)}")
     gate = report.results.get("gate", {})

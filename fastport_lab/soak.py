@@ -23,18 +23,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from chaos.checkers.verdict import is_not_applicable
 from chaos.config import BACKENDS, LabConfig, LabConfigError
 from chaos.environment import LabSession
-from chaos.postgres import PostgresEnvError
 from chaos.runner import run_scenario
 from chaos.suites.soak import SoakPlan, soak_scenario
 from chaos.supervisor import scratch_dir
 from fastport_lab.args import LabArgumentParser, parse_or_exit_code
-from fastport_lab.gate import CONFIG_NAME
+from fastport_lab.gate import CONFIG_NAME, config_at
 from fastport_lab.signals import interrupt_on_signals
+from fastport_lab.single_run import START_ERRORS, print_verdicts
 from reports.build import finish
-from reports.judge import EXIT_ENV, GateConfig, GateConfigError, load_config
+from reports.judge import EXIT_ENV, GateConfigError
 from reports.record import DEFAULT_ROOT, RunRecorder
 
 CYCLE_BUDGET_S = 30.0  # the scenario's hang timeout grows with the cycles asked for
@@ -56,13 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="TOML", help=f"gate thresholds (default ./{CONFIG_NAME} if present)")
     p.add_argument("--no-live", action="store_true", help="no line per cycle while it runs")
     return p
-
-
-def _config(path: str | None) -> GateConfig:
-    if path:
-        return load_config(path)
-    local = Path.cwd() / CONFIG_NAME
-    return load_config(local) if local.is_file() else GateConfig()
 
 
 def _table(cycles: list[dict[str, Any]]) -> Table:
@@ -98,7 +90,7 @@ def _main(argv: list[str]) -> int:
         lab_config = LabConfig.resolve(
             args.broker_cmd, args.store, backend=args.backend, broker_image=args.broker_image
         )
-        gate_config = _config(args.config)
+        gate_config = config_at(args.config)
     except (LabConfigError, GateConfigError) as exc:
         console.print(f"[red]fastport-lab soak:[/] {escape(str(exc))}")
         return EXIT_ENV
@@ -133,17 +125,14 @@ def _main(argv: list[str]) -> int:
                 timeout=60 + CYCLE_BUDGET_S * plan.cycles, meta={"fmea": "soak"},
             )  # fmt: skip
         recorder.add_result(result, fmea="soak")
-    except (PostgresEnvError, OSError) as exc:
+    except START_ERRORS as exc:
         problem = f"the lab could not start: {exc}"
     except KeyboardInterrupt:
         problem = "interrupted (Ctrl-C, SIGTERM) before the soak finished"
     report = finish(recorder, gate_config, environment_error=problem)
     if result is not None:
         console.print(_table(result.notes.get("cycles", [])))
-        for v in result.verdicts:
-            status = "n/a" if is_not_applicable(v) else v.status
-            colour = {"pass": "green", "fail": "red", "n/a": "dim"}.get(status, "yellow")
-            console.print(f"[{colour}]{status.upper():7}[/] {escape(v.name)}: {escape(v.summary)}")
+        print_verdicts(console, result.verdicts)
         console.print(f"took {result.duration:.0f}s")
     gate = report.results.get("gate", {})
     console.print(f"{gate.get('status', '?').upper()}: {gate.get('summary', '')}")
