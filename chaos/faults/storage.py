@@ -29,6 +29,8 @@ from chaos.toxiproxy.client import NotFound
 if TYPE_CHECKING:
     from chaos.environment import Lab
 
+ROUND_TRIPS = 4  # answers a fresh probe connection waits for: SSL request, start-up, parse, execute
+
 
 async def storage_bytes(lab: Lab) -> int | None:
     """Bytes the broker has sent to PostgreSQL through the lab's storage proxy so far (None: unknown)."""
@@ -127,7 +129,9 @@ class StorageLatency(_ToxicFault):
         return {"latency": self.latency_ms, "jitter": self.jitter_ms}
 
     def probe_timeout(self) -> float:
-        return PROBE_TIMEOUT + 3 * self.latency_ms / 1000
+        # A fresh asyncpg connection and SELECT 1 wait four answers (SSL request, start-up, parse,
+        # execute), each delayed; one more for a loaded machine.
+        return PROBE_TIMEOUT + (ROUND_TRIPS + 1) * self.latency_ms / 1000
 
 
 @register

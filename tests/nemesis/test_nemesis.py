@@ -38,6 +38,18 @@ def stops(h: History, name: str) -> dict:
     return w.evidence
 
 
+async def test_a_storage_latency_over_a_second_lands(lab: Lab, nemesis: Nemesis):
+    """A fresh probe connection is four round trips (SSL request, start-up, parse, execute).
+
+    Its timeout once allowed three: any latency above one second (the suite scales the latency
+    to a slow broker's baseline) was recorded as not landed.
+    """
+    async with nemesis.inject(StorageLatency(1100)):
+        pass
+    lat = stops(lab.history, "storage-latency")
+    assert lat["probe_new_connection"]["ok"], lat
+    assert lat["effective"], lat
+
 async def test_storage_faults_land_with_evidence_and_heal(lab: Lab, nemesis: Nemesis):
     for fault in (StorageLatency(150), "storage-down", "storage-hang", "storage-reset"):
         async with nemesis.inject(fault):
