@@ -24,6 +24,7 @@ class Entry:
     enqueued: float
     size: int = 0  # payload bytes, for SaveMessage only
     skip: bool = False  # coalesced away: committed without being written
+    sent: bool = False  # part of a write that failed: it may have committed all the same
 
 
 class SpillQueue:
@@ -78,7 +79,9 @@ class SpillQueue:
         the store, so it and its acks and attempts are skipped, now and when the
         later entries come up. A crash in between loses nothing: the acks are
         real. A dead-lettered or unsubscribed recipient never acks, so a message
-        with one is always written.
+        with one is always written. Nor is a message coalesced once it was
+        in a write that failed: that write may have committed (the
+        connection died before the answer), and only its acks remove the rows.
         """
         left: dict[str, set[str]] = {}
         related: dict[str, list[Entry]] = {}
@@ -88,7 +91,7 @@ class SpillQueue:
             kind = type(op)
             if i < n:
                 batch.append(e)
-                if kind is SaveMessage and not e.skip:
+                if kind is SaveMessage and not e.skip and not e.sent:
                     left[op.message.id] = set(op.recipients)  # type: ignore[union-attr]
                     related[op.message.id] = [e]  # type: ignore[union-attr]
                     continue
@@ -104,6 +107,12 @@ class SpillQueue:
                 for e in related[mid]:
                     e.skip = True
         return len(batch), [e.op for e in batch if not e.skip]
+
+    def maybe_written(self, n: int) -> None:
+        """The write of the first ``n`` entries failed; what it carried may be in the store anyway."""
+        for e in islice(self.entries, n):
+            if not e.skip:
+                e.sent = True
 
     def commit(self, n: int) -> list[SaveMessage]:
         """Remove the first ``n`` entries (just written); return the messages among them."""

@@ -192,6 +192,58 @@ def test_coalescing_skips_only_messages_fully_acked() -> None:
     assert take_all(reused, 100) == [reused]
 
 
+def test_a_message_in_a_failed_write_is_never_coalesced_away() -> None:
+    """A write that failed may have committed (the connection died before the answer): its message
+    rows are in the store, and only its acks, written, remove them."""
+    q = SpillQueue()
+    q.push_message(msg("m1"), 0.0, 1)
+    q.push(SaveSubscription("b", "t"), 0.0)
+    assert q.take(2) == (2, [msg("m1"), SaveSubscription("b", "t")])
+    q.maybe_written(2)  # the write failed; meanwhile the ack came
+    q.push(SaveAck("m1", "a"), 0.0)
+    assert q.take(3, lookahead=3) == (3, [msg("m1"), SaveSubscription("b", "t"), SaveAck("m1", "a")])
+    # a message coalesced in the failed take was not written by it: still coalesced
+    q = SpillQueue()
+    q.push_message(msg("m2"), 0.0, 1)
+    q.push(SaveAck("m2", "a"), 0.0)
+    assert q.take(2) == (2, [])
+    q.maybe_written(2)
+    assert q.take(2) == (2, [])
+
+
+class CommitThenFail(MemoryStore):
+    """Its first apply commits, lets an ack in (*on_first*), then fails as a connection lost
+    before the commit's answer would (pure in-process stand-in, no I/O)."""
+
+    def __init__(self, on_first) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.on_first, self.calls = on_first, 0
+
+    async def apply(self, ops):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        await super().apply(ops)
+        if self.calls == 1:
+            self.on_first()
+            raise StoreError("connection lost before the commit's answer")
+
+
+@run_async(30)
+async def test_an_ack_after_an_ambiguous_commit_still_removes_the_row() -> None:
+    """Found by the soak: a batch committed as the storage link died, retried once its acks were
+    in; coalescing then dropped both message and acks, and the rows stayed (zombies)."""
+    q = SpillQueue()
+    store = CommitThenFail(lambda: q.push(SaveAck("m1", "a"), time.time()))
+    writer = PersistenceWriter(store, q, on_persisted=lambda ops: None, on_given_up=lambda ops, r: None)
+    task = asyncio.create_task(writer.run())
+    try:
+        q.push_message(msg("m1"), time.time(), 1)
+        writer.notify()
+        assert await writer.flush(10)
+        assert store.calls >= 1 and len(q) == 0
+        assert (await store.load()).deliveries == []
+    finally:
+        task.cancel()
+
 @run_async(30)
 async def test_coalesced_batches_leave_the_store_as_applying_everything_would() -> None:
     ops = [
