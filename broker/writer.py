@@ -124,7 +124,7 @@ class PersistenceWriter:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # StoreError, TimeoutError, or a driver error the store let through
-                queue.maybe_written(count)  # its commit may have landed before the connection died: no coalescing
+                queue.maybe_written(count)  # it may have committed before its connection died
                 self.failures += 1
                 first = self.last_error is None
                 self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
