@@ -6,7 +6,9 @@ message inserted by the same batch removes its row before it is written), and
 applies the batch as one transaction with a hard deadline. A failed batch goes
 back to the head of the queue and is retried with jittered backoff; a message
 still unwritten after ``persist_give_up`` seconds is given up (``persist_failed``).
-Each message's outcome is decided once (:meth:`Outbox._decide`).
+A message of a failed batch is never folded again: the failure may have come after
+the commit (the answer lost), so its rows may be there, and only its acks, written,
+remove them. Each message's outcome is decided once (:meth:`Outbox._decide`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from tests.foreign.ledger import Message, Receipt
@@ -68,17 +70,23 @@ class Unsub:
 Op = Save | Ack | Attempt | Dead | Sub | Unsub
 
 
-def coalesce(ops: Iterable[Op], *, drop_stray_acks: bool = False) -> Plan:
+def coalesce(ops: Iterable[Op], *, drop_stray_acks: bool = False, sent: Collection[str] = ()) -> Plan:
     """One batch of ops, in order, as a :class:`Plan`; what the batch itself cancels is never written.
 
-    ``drop_stray_acks`` is the ack-dropped-in-coalesce mutant: an ack is only folded into
-    a save of the same batch, and one for an older message is lost.
+    ``sent``: ids of messages whose earlier write failed, maybe after its commit: written as
+    they are, their acks applied as deletes. ``drop_stray_acks`` is the ack-dropped-in-coalesce
+    mutant: an ack is only folded into a save of the same batch, and one for an older message is lost.
     """
     plan = Plan()
     saves: dict[str, tuple[Save, dict[str, list[object]]]] = {}
     for op in ops:
         if isinstance(op, Save):
-            saves[op.message.id] = (op, {c: [0, False] for c in op.clients})
+            if op.message.id in sent:
+                m = op.message
+                plan.messages.append((m.id, m.topic, m.body, m.published_at))
+                plan.owed += [(c, m.id, 0, False) for c in op.clients]
+            else:
+                saves[op.message.id] = (op, {c: [0, False] for c in op.clients})
             continue
         if isinstance(op, Sub):
             plan.subscribe.append((op.client_id, op.topic))
@@ -125,6 +133,7 @@ class Outbox:
         self.unsaved_bytes = 0
         self.in_flight = 0
         self.failing: str | None = None  # the last storage error, while storage keeps failing
+        self.sent: set[str] = set()  # messages of failed batches: maybe written (see coalesce)
         self.counts = {"batches": 0, "failures": 0, "given_up": 0, "dropped": 0}
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -176,6 +185,7 @@ class Outbox:
     def _written(self, batch: list[Op], outcome: str, reason: str = "") -> None:
         for op in batch:
             if isinstance(op, Save):
+                self.sent.discard(op.message.id)
                 self.unsaved -= 1
                 self.unsaved_bytes -= len(op.message.body)
                 self._decide(op.message.receipt, outcome, reason)
@@ -207,7 +217,8 @@ class Outbox:
             batch = self._take()
             self.in_flight = len(batch)
             try:
-                plan = coalesce(batch, drop_stray_acks=self.bugs.on("ack-dropped-in-coalesce"))
+                stray = self.bugs.on("ack-dropped-in-coalesce")
+                plan = coalesce(batch, drop_stray_acks=stray, sent=self.sent)
                 if plan:
                     await self.store.apply(plan, self.s.db_timeout)
             except Exception as exc:
@@ -221,6 +232,7 @@ class Outbox:
                     self.unsaved_bytes -= sum(len(op.message.body) for op in saves)
                     continue
                 log.info("write failed (%s), retrying %d ops", self.failing, len(batch))
+                self.sent.update(op.message.id for op in batch if isinstance(op, Save))
                 self.ops.extendleft(reversed(batch))
                 self._give_up_old()
                 await asyncio.sleep(random.uniform(delay / 2, delay))
