@@ -6,13 +6,22 @@ comes twice). ``FASTPORT_LAB_SOAK_CYCLES`` changes the number of cycles.
 """
 
 import os
+import shutil
 
 import pytest
 
+from chaos.config import FLAWS
 from chaos.runner import assert_all_pass
 from chaos.suites.soak import SoakPlan, soak_scenario
 
 CYCLES = int(os.environ.get("FASTPORT_LAB_SOAK_CYCLES", "8"))
+# The checker that must fail the soak on each flaw of the reference broker, and the fault cycles
+# that expose it (the 100-cycle soak draws them all; docs/soak.md has its figures on each flaw).
+CAUGHT_BY = {
+    "store-first": ("availability-under-storage-faults", ("storage-latency", "storage-down")),
+    "unguarded-fanout": ("isolation", ("link-reset", "subscriber-slow")),
+    "no-hydrate": ("hydration", ("broker-pause", "broker-kill")),
+}
 
 
 @pytest.mark.integration
@@ -25,3 +34,26 @@ def test_short_soak_loses_nothing(run_lab, lab_config):
     drawn = set(plan.faults(lab_config.durable, True))
     if lab_config.durable:
         assert {"broker-kill", "storage-down", "link-reset", "subscriber-slow"} <= drawn, drawn
+
+
+@pytest.mark.integration
+@pytest.mark.fmea("soak")
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("flaw", FLAWS)
+def test_short_soak_fails_each_flaw(run_lab, lab_config, lab_session, flaw):
+    """The soak on its own catches every FMEA flaw: a soak that passes them proves nothing."""
+    if not lab_config.is_reference or not lab_config.durable:
+        pytest.skip("the flaws are the reference broker's, judged with --store postgres")
+    checker, draws = CAUGHT_BY[flaw]
+    result = run_lab(
+        soak_scenario(SoakPlan(cycles=len(draws), per_cycle=40, draws=draws)),
+        lab_config.with_flaw(flaw),
+        name=f"soak-flaw-{flaw}",
+        meta={"flaw": flaw, "expect": checker, "fmea": "soak"},
+    )
+    assert result.error is None, result.report()
+    verdict = result.verdict(checker)
+    missed = f"the soak missed --flaw {flaw}: {checker} said {verdict.status}"
+    assert verdict.status == "fail", f"{missed}\n{result.report()}"
+    if not lab_session.keep_runs:
+        shutil.rmtree(result.run_dir, ignore_errors=True)

@@ -89,6 +89,44 @@ def tcp_send_queue(local_port: int, remote_port: int) -> int | None:
     return None
 
 
+
+BACKED_UP = 3 << 20  # bytes the broker's kernel could not send to a reader: its socket is about full
+
+
+class BackedUp:
+    """Whether the broker's writes to stalled *readers* have backed up: its end of one connection
+    holds megabytes it cannot send (where the broker's socket cannot be seen: the reader's own
+    buffer is full), or it closed the reader. A condition for ``wait_for``; it reads /proc, so it
+    looks no more often than every 50 ms.
+
+    A fan-out that waits on a stalled reader shows only once the broker's socket is full: traffic
+    judged before that proves nothing about it.
+    """
+
+    def __init__(self, lab: Lab, readers: Sequence[Subscriber]) -> None:
+        self.lab, self.readers = lab, readers
+        self._at = -1.0
+        self._seen = False
+
+    def __call__(self) -> bool:
+        now = self.lab.history.now()
+        if not self._seen and now - self._at >= 0.05:
+            self._at = now
+            self._seen = any(self._one(r) for r in self.readers)
+        return self._seen
+
+    def _one(self, reader: Subscriber) -> bool:
+        ws = reader.ws
+        if ws is None:
+            return True  # the broker closed it: it noticed the backpressure
+        here = ws.transport.get_extra_info("sockname")
+        if here is None or self.lab.port is None:
+            return False
+        queued = tcp_send_queue(self.lab.port, here[1])
+        if queued is None:
+            return (reader.socket_backlog() or 0) >= (reader.rcvbuf or 64 << 10)
+        return queued >= BACKED_UP
+
 def _disconnects(lab: Lab, client: str, since: float) -> list[dict[str, Any]]:
     return [
         {"t_s": lab.history.rel(ev.time), **(ev.value or {})}

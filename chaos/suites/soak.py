@@ -4,13 +4,20 @@ A broker earns trust by surviving the same faults a hundred times under traffic,
 not once. A publisher publishes without pause; durable subscribers take every
 ack mode (``always``, ``late``, and ``batch``: it acks everything it holds at the
 end of each cycle, so its deliveries stay outstanding across the cycle's fault);
-one subscriber's connection runs through a fault-proxy link, one reads through a
-small buffer it can stop reading. Each cycle draws a fault (SIGKILL and restart,
+one subscriber's connection runs through a fault-proxy link, two read through
+small buffers they can stop reading. Each cycle draws a fault (SIGKILL and restart,
 SIGSTOP/SIGCONT, storage down, hung or slow, PostgreSQL stopped and started, the
-linked subscriber's link reset, the slow reader stalled under large messages),
+linked subscriber's link reset, the slow readers stalled under large messages),
 holds it while a number of messages is published, heals it, and waits until a
 marker message published afterwards reached every subscriber: the cycle's
 recovery. Then it samples the broker's memory (RSS, ``/proc``).
+
+The stall proves FMEA 2 whatever order a broker visits recipients in: healthy
+subscribers sit before and after both slow readers in insertion order and in
+client-id order either way; the large messages overflow the kernel's socket
+buffers (sized from them), and the traffic judged is published once the broker's
+sockets are full, then waited for at every healthy subscriber: a fan-out stuck
+behind a stalled reader holds the window open and shows as seconds of latency.
 
 Judged over the whole run: at-least-once; hydration after every kill; nothing
 acked came back (resurrection); availability during storage faults and isolation
@@ -47,11 +54,16 @@ from chaos.checkers.verdict import Verdict, not_applicable
 from chaos.clients import HangError, PublishAnswer, Publisher, Subscriber, wait_for
 from chaos.environment import Lab
 from chaos.faults import REGISTRY, Fault, FaultUnsupported, LinkReset, SubscriberSlow
+from chaos.faults.subscriber import BackedUp, kernel_send_buffer_max
 from chaos.nemesis import Nemesis
 from chaos.workload import incompressible, publish_paced, published_ids, settle, store_barrier
 
 TOPIC = "soak.events"
-BIG_TOPIC = "soak.bulk"  # large messages to the slow reader only, while it is stalled
+BIG_TOPIC = "soak.bulk"  # large messages to the slow readers only, while they are stalled
+BIG_BYTES = 64 << 10  # each of them (incompressible)
+BIG_RATE = 120.0  # of them, per second
+SLOW_RCVBUF = 64 << 10  # the slow readers' socket receive buffer
+STALL_WAIT = 5.0  # how long the healthy may take to get the stall's traffic (a stuck fan-out: longer)
 RATE = 150.0  # publishes per second of the steady traffic
 RECOVERY_TIMEOUT = 20.0  # a cycle whose marker has not reached everyone by then did not recover
 # How often each fault is drawn (the registry names them; only the durable-store ones need postgres).
@@ -72,7 +84,7 @@ class SoakPlan:
     cycles: int = 100
     seed: int = 1
     per_cycle: int = 60  # messages published while each fault holds
-    big_messages: int = 70  # 64 KiB, towards the stalled reader (more than its socket buffers hold)
+    big_messages: int | None = None  # towards the stalled readers; None: more than the sockets hold
     draws: tuple[str, ...] | None = None  # replay these faults instead of drawing (a failing soak's list)
     duration: float | None = None  # seconds: no new cycle starts after this (a time budget)
     calm_before_kill: float = 2.5  # seconds of healthy traffic before a kill (see soak_scenario)
@@ -145,9 +157,12 @@ def soak_scenario(plan: SoakPlan, on_cycle: Callable[[dict[str, Any]], None] | N
         always = lab.subscriber("a-always", [TOPIC])
         late = lab.subscriber("l-late", [TOPIC], ack="late", ack_delay=0.3)
         batch = lab.subscriber("b-batch", [TOPIC], ack="never")
-        slow = lab.subscriber("s-slow", [TOPIC, BIG_TOPIC], rcvbuf=64 << 10)
+        slows = [lab.subscriber(n, [TOPIC, BIG_TOPIC], rcvbuf=SLOW_RCVBUF) for n in ("c-slow", "s-slow")]
         linked = await lab.linked_subscriber("k-linked", [TOPIC])
-        subs = [always, late, batch, slow, linked]
+        tail = lab.subscriber("z-tail", [TOPIC])  # after both slow readers, however they are ordered
+        subs = [always, late, batch, slows[0], slows[1], linked, tail]
+        healthy = [s for s in subs if s not in slows]
+        big_n = plan.big_messages or big_messages()
         pub, bulk = lab.publisher("p"), lab.publisher("bulk")
         for c in (*subs, pub, bulk):
             await c.start()
@@ -166,7 +181,7 @@ def soak_scenario(plan: SoakPlan, on_cycle: Callable[[dict[str, Any]], None] | N
             if plan.duration is not None and lab.history.now() - lab.history.start > plan.duration:
                 lab.notes["stopped_early"] = f"--duration {plan.duration:g}s reached after {n - 1} cycles"
                 break
-            fault = _bind(name, linked, slow)
+            fault = _bind(name, linked, slows)
             row: dict[str, Any] = {"cycle": n, "fault": name}
             if fault.crash:
                 # A kill lands on a broker that ran healthy for a while: what was acked then is
@@ -174,16 +189,20 @@ def soak_scenario(plan: SoakPlan, on_cycle: Callable[[dict[str, Any]], None] | N
                 # goes on meanwhile; this paces the soak, it synchronises nothing.
                 await asyncio.sleep(max(0.0, plan.calm_before_kill - (lab.history.now() - calm_since)))
             seq, conns = pub.seq, linked.connections
+            heavy = None
             try:
                 async with nemesis.inject(fault) as f:
-                    if isinstance(f, SubscriberSlow):  # answers come later: a stalled broker may hold them
-                        big_tasks += await publish_paced(
-                            bulk, BIG_TOPIC, plan.big_messages, 60.0, lambda _i: incompressible(64 << 10), 60
-                        )
+                    if isinstance(f, SubscriberSlow):
+                        big = publish_paced(bulk, BIG_TOPIC, big_n, BIG_RATE, _big_payload, 60)
+                        heavy = asyncio.create_task(big)  # answered after the window: a stall holds them
+                        await _backed_up(lab, slows, heavy)
+                        seq = pub.seq  # the traffic that counts goes out once the sockets are full
                     await wait_for(
                         lab.history, lambda s=seq: pub.seq - s >= plan.per_cycle, timeout=60,
                         what=f"{plan.per_cycle} publishes during {name}",
                     )  # fmt: skip
+                    if heavy is not None:  # a fan-out stuck behind the stalled readers: STALL_WAIT
+                        await settle(lab.history, healthy, [f"{pub.client_id}-{pub.seq - 1}"], STALL_WAIT)
                     if isinstance(f, LinkReset):  # the window holds the cut it is there to make
                         with contextlib.suppress(HangError):
                             await wait_for(
@@ -194,6 +213,9 @@ def soak_scenario(plan: SoakPlan, on_cycle: Callable[[dict[str, Any]], None] | N
                 row["skipped"] = str(exc)
                 cycles.append(row)
                 continue
+            finally:
+                if heavy is not None:
+                    big_tasks += await heavy
             window = lab.history.fault_windows()[-1]
             row["effective"] = window.effective
             if fault.crash:  # the marker must find them subscribed again, or it proves nothing
@@ -219,7 +241,7 @@ def soak_scenario(plan: SoakPlan, on_cycle: Callable[[dict[str, Any]], None] | N
         ids = await traffic.stop()
         big_ids = published_ids(await asyncio.gather(*big_tasks))
         await settle(lab.history, subs, ids, timeout=30)
-        await settle(lab.history, [slow], big_ids, timeout=30)
+        await settle(lab.history, slows, big_ids, timeout=30)
         await batch.ack_all()
         facts = Facts(lab.history)
         verdicts = [
@@ -258,9 +280,29 @@ async def _all_received(lab: Lab, subs: list[Subscriber], msg_id: str) -> bool:
     return False
 
 
-def _bind(name: str, linked: Subscriber, slow: Subscriber) -> Fault:
+def _big_payload(_i: int) -> str:
+    return incompressible(BIG_BYTES)
+
+
+def big_messages() -> int:
+    """Large messages enough to overflow a stalled reader's buffers and the broker's send buffer."""
+    return -(-(kernel_send_buffer_max() + 2 * SLOW_RCVBUF + (1 << 20)) // BIG_BYTES)
+
+
+async def _backed_up(lab: Lab, slows: list[Subscriber], heavy: asyncio.Task[Any]) -> None:
+    """Until every large message went out (more than the sockets hold) and the broker's sockets to
+    the stalled readers are full, or it closed them. The kernel takes megabytes before a broker's
+    own send buffer fills and its fan-out would wait: traffic judged earlier proves nothing. A
+    broker that takes them all without backing up (it drops them, or sheds the reader) gets a
+    short wait, then the window goes on: the landing proof says what happened."""
+    await asyncio.wait({heavy}, timeout=60)
+    with contextlib.suppress(HangError):
+        await wait_for(lab.history, BackedUp(lab, slows), timeout=2.0, what="the slow sockets to fill")
+
+
+def _bind(name: str, linked: Subscriber, slows: list[Subscriber]) -> Fault:
     if name == "link-reset":
         return LinkReset(linked)
     if name == "subscriber-slow":
-        return SubscriberSlow([slow])
+        return SubscriberSlow(slows)
     return REGISTRY.create(name)

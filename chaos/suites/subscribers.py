@@ -47,7 +47,7 @@ from chaos.checkers.verdict import Verdict
 from chaos.clients import Publisher, Subscriber, wait_for
 from chaos.environment import Lab
 from chaos.faults import Fault, LinkBlackhole, LinkCut, LinkReset, SubscriberSlow
-from chaos.faults.subscriber import tcp_send_queue
+from chaos.faults.subscriber import BackedUp
 from chaos.nemesis import Nemesis
 from chaos.workload import answers, incompressible, publish_paced, published_ids, settle
 
@@ -60,39 +60,6 @@ SLOW = ("c-slow", "j-slow", "q-slow", "x-slow")
 RESET = ("f-reset", "t-reset")
 CUT = ("k-cut", "w-cut")
 BLACKHOLE = ("n-blackhole",)
-
-
-BACKED_UP = 3 << 20  # bytes the broker's kernel could not send to a reader: its socket is about full
-
-
-class _BackedUp:
-    """Whether the broker's writes to a stalled reader have backed up: its end of the connection holds
-    megabytes it cannot send (where the broker's socket cannot be seen: the reader's own buffer is
-    full), or it closed the reader. Looked at no more often than every 50 ms: it reads /proc."""
-
-    def __init__(self, lab: Lab, readers: Sequence[Subscriber]) -> None:
-        self.lab, self.readers = lab, readers
-        self._at = -1.0
-        self._seen = False
-
-    def __call__(self) -> bool:
-        now = self.lab.history.now()
-        if not self._seen and now - self._at >= 0.05:
-            self._at = now
-            self._seen = any(self._one(r) for r in self.readers)
-        return self._seen
-
-    def _one(self, reader: Subscriber) -> bool:
-        ws = reader.ws
-        if ws is None:
-            return True  # the broker closed it: it noticed the backpressure
-        here = ws.transport.get_extra_info("sockname")
-        if here is None or self.lab.port is None:
-            return False
-        queued = tcp_send_queue(self.lab.port, here[1])
-        if queued is None:
-            return (reader.socket_backlog() or 0) >= SLOW_RCVBUF
-        return queued >= BACKED_UP
 
 
 async def _burst_with(
@@ -168,7 +135,7 @@ async def subscriber_faults(lab: Lab, nemesis: Nemesis) -> list[Verdict]:
         )
         # The usual traffic is judged once the stalled readers' sockets are full (the event, not a
         # time: a broker that compresses takes longer to fill them).
-        backed_up = _BackedUp(lab, slow)
+        backed_up = BackedUp(lab, slow)
         with contextlib.suppress(TimeoutError):
             await wait_for(
                 lab.history,
