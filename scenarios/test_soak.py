@@ -10,17 +10,17 @@ import shutil
 
 import pytest
 
-from chaos.config import FLAWS
 from chaos.runner import assert_all_pass
 from chaos.suites.soak import SoakPlan, soak_scenario
 
 CYCLES = int(os.environ.get("FASTPORT_LAB_SOAK_CYCLES", "8"))
-# The checker that must fail the soak on each flaw of the reference broker, and the fault cycles
-# that expose it (the 100-cycle soak draws them all; docs/soak.md has its figures on each flaw).
+# The checker that must fail the soak on a flaw of the reference broker, and the fault cycles that
+# expose it (the 100-cycle soak draws them all; docs/reliability.md has its figures on each flaw).
+# --flaw no-hydrate is left to the crash suite, the flaw matrix and the load run here: the soak
+# fails it too, but only after its final 30 s wait for what the flaw lost.
 CAUGHT_BY = {
     "store-first": ("availability-under-storage-faults", ("storage-latency", "storage-down")),
     "unguarded-fanout": ("isolation", ("link-reset", "subscriber-slow")),
-    "no-hydrate": ("hydration", ("broker-pause", "broker-kill")),
 }
 
 
@@ -39,9 +39,9 @@ def test_short_soak_loses_nothing(run_lab, lab_config):
 @pytest.mark.integration
 @pytest.mark.fmea("soak")
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("flaw", FLAWS)
-def test_short_soak_fails_each_flaw(run_lab, lab_config, lab_session, flaw):
-    """The soak on its own catches every FMEA flaw: a soak that passes them proves nothing."""
+@pytest.mark.parametrize("flaw", sorted(CAUGHT_BY))
+def test_a_short_soak_fails_the_flaw(run_lab, lab_config, lab_session, flaw):
+    """The soak on its own catches FMEA 1 and FMEA 2 as built: a soak that passes them proves nothing."""
     if not lab_config.is_reference or not lab_config.durable:
         pytest.skip("the flaws are the reference broker's, judged with --store postgres")
     checker, draws = CAUGHT_BY[flaw]
