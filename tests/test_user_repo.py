@@ -107,7 +107,8 @@ def test_the_example_fails_with_the_availability_verdict_on_store_first(
 ) -> None:
     reference = f"{user_python} -m broker --host {{host}} --port {{port}} --store {{store}} --dsn {{dsn}}"
     cmd = reference + " --flaw store-first"
-    out = _pytest(user_python, user_repo, "--broker-cmd", cmd)
+    # The failing run's folder is kept for its post-mortem: here, in this test's tmp_path.
+    out = _pytest(user_python, user_repo, "--broker-cmd", cmd, "--run-dir", str(user_repo.parent / "runs"))
     text = out.stdout + out.stderr
     assert out.returncode == 1, text
     assert "FAILED tests/test_my_broker.py::test_slow_storage_does_not_slow_delivery" in text

@@ -16,6 +16,7 @@ invariant family that is cheap to run); ``pytest tests/foreign/test_matrix.py
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
 
 import pytest
@@ -77,7 +78,7 @@ def _params() -> list:
 
 @pytest.mark.fmea("mutants")
 @pytest.mark.parametrize("mutant", _params())
-def test_each_mutant_is_caught_by_its_checker(run_lab, lab_config, request, mutant: Mutant):
+def test_each_mutant_is_caught_by_its_checker(run_lab, lab_config, lab_session, request, mutant: Mutant):
     if request.node.get_closest_marker("mutants") and not request.config.getoption("--mutants"):
         pytest.skip("the full mutation matrix: pytest --mutants, or fastport-lab mutants")
     if not lab_config.durable:
@@ -96,3 +97,5 @@ def test_each_mutant_is_caught_by_its_checker(run_lab, lab_config, request, muta
         f"{result.report()}"
     )
     assert verdict.evidence, verdict
+    if not lab_session.keep_runs:
+        shutil.rmtree(result.run_dir, ignore_errors=True)  # the expected failure needs no post-mortem

@@ -187,6 +187,8 @@ class Browser:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
+                # Its singleton socket dir goes to $TMPDIR and outlives a SIGKILL: keep it in the profile.
+                env=dict(os.environ, TMPDIR=self._profile),
             )
             async with asyncio.timeout(self.timeout):
                 url = await _devtools_url(self._proc, self.log)
