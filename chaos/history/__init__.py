@@ -80,6 +80,7 @@ from chaos.history.events import (
     HistoryFormatError,
     dumps_event,
     event_from,
+    json_object,
 )
 from chaos.history.merge import merge_snapshots
 from chaos.history.writer import ColumnWriter
@@ -558,12 +559,7 @@ class History:
         for lineno, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise HistoryFormatError(f"{name}:{lineno}: not JSON: {exc.msg}") from None
-            if not isinstance(obj, dict):
-                raise HistoryFormatError(f"{name}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            obj = json_object(line, f"{name}:{lineno}")
             if "format" in obj:
                 if h is not None:
                     raise HistoryFormatError(f"{name}:{lineno}: header must be the first line")

@@ -31,7 +31,7 @@ from chaos.history.columns import (
     TableSpec,
     materialise,
 )
-from chaos.history.events import INFO, Event, HistoryFormatError, dumps_event, event_from
+from chaos.history.events import INFO, Event, HistoryFormatError, dumps_event, event_from, json_object
 
 COMPACT_FORMAT = "fastport-history-columns"
 COMPACT_VERSION = 1
@@ -219,13 +219,8 @@ def _snapshot_from(header: dict[str, Any], member: Callable[[str], np.ndarray], 
     counts = np.bincount(tab, minlength=len(TABLES) + 1)
     cold = []
     for lineno, line in enumerate(_text_member(member("events"), where, "events").splitlines(), 1):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise bad(f"events:{lineno}: not JSON: {exc.msg}") from None
-        if not isinstance(obj, dict):
-            raise bad(f"events:{lineno}: expected a JSON object")
-        cold.append(event_from(obj, f"{where}: events:{lineno}"))
+        at = f"{where}: events:{lineno}"
+        cold.append(event_from(json_object(line, at), at))
     cold_index = np.flatnonzero(tab == 0)
     if len(cold) != len(cold_index) or any(
         ev.index != int(i) for ev, i in zip(cold, cold_index, strict=False)

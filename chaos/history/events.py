@@ -100,6 +100,17 @@ def dumps_event(ev: Event) -> str:
         ) from None
 
 
+def json_object(line: str, where: str) -> dict[str, Any]:
+    """One JSON-lines line as an object; :class:`HistoryFormatError` naming *where* otherwise."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise HistoryFormatError(f"{where}: not JSON: {exc.msg}") from None
+    if not isinstance(obj, dict):
+        raise HistoryFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def event_from(obj: Mapping[str, Any], where: str) -> Event:
     unknown = set(obj) - set(EVENT_FIELDS)
     if unknown:
