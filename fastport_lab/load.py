@@ -26,17 +26,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from chaos.config import BACKENDS, LabConfig, LabConfigError
-from chaos.environment import LabSession
 from chaos.faults import REGISTRY
 from chaos.history import History
 from chaos.load.driver import LoadPlan, load_scenario
 from chaos.load.schedule import NAMED, ScheduleError, resolve
-from chaos.runner import run_scenario
-from chaos.supervisor import scratch_dir
 from fastport_lab.args import LabArgumentParser, parse_or_exit_code
 from fastport_lab.gate import CONFIG_NAME, config_at
 from fastport_lab.signals import interrupt_on_signals
-from fastport_lab.single_run import START_ERRORS, print_verdicts
+from fastport_lab.single_run import print_verdicts, run_alone
 from reports.build import finish
 from reports.judge import EXIT_ENV, GateConfigError
 from reports.record import DEFAULT_ROOT, RunRecorder
@@ -206,29 +203,16 @@ def _main(argv: list[str]) -> int:
                 f"  t={details['start_s']:>5g}s {details['fault']:<16} {details['duration_s']:g}s {landed}"
             )
 
-    problem, result = None, None
     console.print(
         f"fastport-lab load: {plan.users} users ({plan.publishers} publishing), schedule {schedule.name!r} "
         f"({len(schedule.steps)} faults), {plan.seconds:g}s; run folder {recorder.run_dir}"
     )
     started = time.monotonic()
-    try:
-        with (
-            scratch_dir("fastport-load-") as scratch,
-            LabSession.open(
-                scratch, keep_runs=False, backend=lab_config.backend, broker_image=lab_config.broker_image
-            ) as session,
-        ):
-            result = run_scenario(
-                load_scenario(plan, on_event), session, lab_config, name=f"load {schedule.name}",
-                timeout=plan.seconds + plan.drain_timeout + 240 + (plan.web_linger if plan.web else 0),
-                meta={"fmea": "load"}, history=History(clock=time.time),
-            )  # fmt: skip
-        recorder.add_result(result, fmea="load")
-    except START_ERRORS as exc:
-        problem = f"the lab could not start: {exc}"
-    except KeyboardInterrupt:
-        problem = "interrupted (Ctrl-C, SIGTERM) before the load finished"
+    result, problem = run_alone(
+        load_scenario(plan, on_event), lab_config, recorder, kind="load", name=f"load {schedule.name}",
+        timeout=plan.seconds + plan.drain_timeout + 240 + (plan.web_linger if plan.web else 0),
+        history=History(clock=time.time),
+    )  # fmt: skip
     report = finish(recorder, gate_config, environment_error=problem)
     if result is not None:
         load = result.notes.get("load") or {}

@@ -24,14 +24,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from chaos.config import BACKENDS, LabConfig, LabConfigError
-from chaos.environment import LabSession
-from chaos.runner import run_scenario
 from chaos.suites.soak import SoakPlan, soak_scenario
-from chaos.supervisor import scratch_dir
 from fastport_lab.args import LabArgumentParser, parse_or_exit_code
 from fastport_lab.gate import CONFIG_NAME, config_at
 from fastport_lab.signals import interrupt_on_signals
-from fastport_lab.single_run import START_ERRORS, print_verdicts
+from fastport_lab.single_run import print_verdicts, run_alone
 from reports.build import finish
 from reports.judge import EXIT_ENV, GateConfigError
 from reports.record import DEFAULT_ROOT, RunRecorder
@@ -110,25 +107,10 @@ def _main(argv: list[str]) -> int:
                 f"recovered={row.get('recovered')} in {row.get('recovery_s')}s rss={row.get('rss_mb')} MiB"
             )
 
-    problem = None
-    result = None
-    try:
-        with (
-            scratch_dir("fastport-soak-") as scratch,
-            LabSession.open(  # the run folder gets the history
-                scratch, keep_runs=False, backend=lab_config.backend, broker_image=lab_config.broker_image
-            ) as session,
-        ):
-            name = f"soak {plan.cycles} cycles seed {plan.seed}"
-            result = run_scenario(
-                soak_scenario(plan, on_cycle), session, lab_config, name=name,
-                timeout=60 + CYCLE_BUDGET_S * plan.cycles, meta={"fmea": "soak"},
-            )  # fmt: skip
-        recorder.add_result(result, fmea="soak")
-    except START_ERRORS as exc:
-        problem = f"the lab could not start: {exc}"
-    except KeyboardInterrupt:
-        problem = "interrupted (Ctrl-C, SIGTERM) before the soak finished"
+    result, problem = run_alone(
+        soak_scenario(plan, on_cycle), lab_config, recorder, kind="soak",
+        name=f"soak {plan.cycles} cycles seed {plan.seed}", timeout=60 + CYCLE_BUDGET_S * plan.cycles,
+    )  # fmt: skip
     report = finish(recorder, gate_config, environment_error=problem)
     if result is not None:
         console.print(_table(result.notes.get("cycles", [])))
