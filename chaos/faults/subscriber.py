@@ -89,7 +89,6 @@ def tcp_send_queue(local_port: int, remote_port: int) -> int | None:
     return None
 
 
-
 BACKED_UP = 3 << 20  # bytes the broker's kernel could not send to a reader: its socket is about full
 
 
